@@ -1,0 +1,57 @@
+"""Supervised pools of Ray actors for ML workloads.
+
+    from orchestrator import start, Worker, op, Context
+"""
+
+from orchestrator.api import Orchestrator, Session, Stream, connect, start
+from orchestrator.config import Config, load_config
+from orchestrator.errors import (
+    DependencyMissing,
+    GpuOom,
+    InvalidArguments,
+    InvalidConfig,
+    JobNotFound,
+    OpFailed,
+    OpNotFound,
+    OrchestratorError,
+    Overloaded,
+    PayloadTooLarge,
+    PoolNotFound,
+    PoolUnavailable,
+    SessionLost,
+    SessionNotFound,
+    Timeout,
+    Unauthorized,
+    WorkerCrashed,
+)
+from orchestrator.worker import Context, Worker, op
+
+__all__ = [
+    "Config",
+    "Context",
+    "DependencyMissing",
+    "GpuOom",
+    "InvalidArguments",
+    "InvalidConfig",
+    "JobNotFound",
+    "OpFailed",
+    "OpNotFound",
+    "Orchestrator",
+    "OrchestratorError",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PoolNotFound",
+    "PoolUnavailable",
+    "Session",
+    "SessionLost",
+    "SessionNotFound",
+    "Stream",
+    "Timeout",
+    "Unauthorized",
+    "WorkerCrashed",
+    "Worker",
+    "connect",
+    "load_config",
+    "op",
+    "start",
+]

@@ -1,0 +1,299 @@
+"""The in-process Python API: ``start()``, ``connect()`` and the Orchestrator handle.
+
+The same handle is what an op gets as ``ctx.orchestrator``, so workers call
+other pools exactly as a driver script does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from orchestrator.config import Config, load_config
+from orchestrator.coordinator import COORDINATOR_NAME, coordinator_class
+from orchestrator.errors import OrchestratorError, PoolUnavailable, WorkerCrashed
+from orchestrator.host import RECYCLING
+from orchestrator.router import LOCAL, WAIT_FOR_ACTOR_S, Router, _unwrap
+from orchestrator.worker import load_worker_class
+
+
+def start(config: str | Path | Config = "pools.yaml", **ray_init: Any) -> Orchestrator:
+    """Start Ray (embedded unless ``ray.address`` is set), the coordinator and every pool.
+
+    Returns once each actor is ready or pending for resources. A bad pool
+    (unimportable worker, bad options, failing constructor, env build error)
+    raises InvalidConfig naming the pool, and nothing is left running.
+    """
+    cfg = config if isinstance(config, Config) else load_config(config)
+    for name, pool in cfg.pools.items():
+        if cfg.env_dir(name) is None and pool.py_executable is None:
+            load_worker_class(pool.worker, name, pool.options)  # same env as ours: fail fast
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True}
+        if cfg.ray.address:
+            kwargs["address"] = cfg.ray.address
+        else:
+            kwargs.update(dashboard_host=cfg.ray.dashboard_host, include_dashboard=True)
+            if cfg.ray.num_cpus is not None:
+                kwargs["num_cpus"] = cfg.ray.num_cpus
+            if cfg.ray.num_gpus is not None:
+                kwargs["num_gpus"] = cfg.ray.num_gpus
+        ray.init(**{**kwargs, **ray_init})
+    coordinator = coordinator_class().options(
+        name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached"
+    ).remote(cfg.model_dump())
+    ok, value = ray.get(coordinator.apply.remote())
+    if not ok:
+        ray.get(coordinator.shutdown.remote(0.0))
+        ray.kill(coordinator)
+        if owns_ray:
+            ray.shutdown()
+        raise OrchestratorError.from_dict(value)
+    return Orchestrator(coordinator, cfg.ray.namespace, owns_ray=owns_ray)
+
+
+def connect(address: str | None = "auto", namespace: str = "orchestrator") -> Orchestrator:
+    """Attach to a running orchestrator on an existing Ray cluster."""
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    try:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=namespace)
+    except ValueError:
+        raise PoolUnavailable(f"no orchestrator is running in Ray namespace {namespace!r}") from None
+    return Orchestrator(coordinator, namespace, owns_ray=False)
+
+
+class Orchestrator:
+    """A handle on a running orchestrator: pools, calls, streams, sessions."""
+
+    def __init__(self, coordinator: Any, namespace: str, owns_ray: bool = False, local_host: Any = None) -> None:
+        self.coordinator = coordinator
+        self.namespace = namespace
+        self.owns_ray = owns_ray
+        self.router = Router(coordinator, local_host=local_host)
+
+    @classmethod
+    def in_cluster(cls, namespace: str, coordinator: str = COORDINATOR_NAME, local_host: Any = None) -> Orchestrator:
+        """The handle an op gets as ``ctx.orchestrator`` (Ray is already connected)."""
+        return cls(ray.get_actor(coordinator, namespace=namespace), namespace, local_host=local_host)
+
+    # -------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """Every pool with its actors, sessions, counters and recent events."""
+        return dict(ray.get(self.coordinator.status.remote()))
+
+    def pools(self) -> list[str]:
+        """The configured pool names."""
+        return sorted(self.status())
+
+    def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
+        """Open sessions (of one pool, or all)."""
+        return list(ray.get(self.coordinator.list_sessions.remote(pool)))
+
+    # --------------------------------------------------------------- calls
+    def call(self, pool: str, op: str, /, _timeout: float | None = None, **args: Any) -> Any:
+        """Run ``op`` on the least-loaded actor of ``pool``; returns its result."""
+        return self.router.run(self.router.call_steps(pool, op, args, timeout=_timeout))
+
+    async def acall(self, pool: str, op: str, /, _timeout: float | None = None, **args: Any) -> Any:
+        """``call`` for asyncio code."""
+        return await self.router.arun(self.router.call_steps(pool, op, args, timeout=_timeout))
+
+    def call_many(self, pool: str, op: str, calls: list[dict[str, Any]]) -> list[Any]:
+        """Run many calls of one op concurrently (pipelined); results in order. The first error raises."""
+        router = self.router
+        router.check_op(pool, op)
+        submitted: list[tuple[dict[str, Any] | None, Any, dict[str, Any]]] = []
+        for args in calls:
+            actor = router.pick(pool, set())
+            if not isinstance(actor, dict):  # inline (own pool) or restarting: go one by one
+                submitted.append((None, None, args))
+                continue
+            router.acquire(pool, actor)
+            submitted.append((actor, actor["handle"].call.remote(op, args, None, None, router.caller, ""), args))
+        results = []
+        for actor, ref, args in submitted:
+            if actor is None:
+                results.append(self.call(pool, op, **args))
+                continue
+            try:
+                ok, value = ray.get(ref)
+            except RayActorError as exc:
+                raise WorkerCrashed(f"the actor running this call died: {exc}", pool=pool, op=op) from None
+            finally:
+                router.release(pool, actor)
+            recycled = not ok and value.get("code") == RECYCLING
+            results.append(self.call(pool, op, **args) if recycled else _unwrap(ok, value))
+        return results
+
+    def stream(self, pool: str, op: str, /, **args: Any) -> Stream:
+        """Iterate the events of a streaming op; ``.result`` holds its return value at the end."""
+        return Stream(self.router, pool, op, args)
+
+    def session(self, pool: str, ttl_s: float | None = None) -> Session:
+        """Open a session pinned to one actor of ``pool`` (a context manager that closes it)."""
+        self.router.pool(pool)
+        ok, record = ray.get(self.coordinator.create_session.remote(pool, ttl_s))
+        return Session(self, _unwrap(ok, record))
+
+    # ------------------------------------------------------------ shutdown
+    def shutdown(self, drain_s: float = 30.0) -> dict[str, Any]:
+        """Drain calls, checkpoint sessions, stop every actor and the coordinator (and embedded Ray)."""
+        self.router.close()
+        summary = dict(ray.get(self.coordinator.shutdown.remote(drain_s)))
+        ray.kill(self.coordinator)
+        if self.owns_ray:
+            ray.shutdown()
+        return summary
+
+    def close(self) -> None:
+        """Detach this handle (the orchestrator keeps running)."""
+        self.router.close()
+
+
+class Session:
+    """A session pinned to one actor; its calls run in order. Close it, or use ``with``."""
+
+    def __init__(self, orchestrator: Orchestrator, record: dict[str, Any]) -> None:
+        self.orchestrator = orchestrator
+        self.id: str = record["id"]
+        self.pool: str = record["pool"]
+        self.slot: int = record["slot"]
+        self.lock = threading.Lock()
+        self.seqs = itertools.count()
+        self.closed = False
+
+    def call(self, op: str, /, _timeout: float | None = None, **args: Any) -> Any:
+        """Run ``op`` with this session's state."""
+        router = self.orchestrator.router
+        return router.run(router.call_steps(self.pool, op, args, session=self, timeout=_timeout))
+
+    async def acall(self, op: str, /, _timeout: float | None = None, **args: Any) -> Any:
+        """``call`` for asyncio code."""
+        router = self.orchestrator.router
+        return await router.arun(router.call_steps(self.pool, op, args, session=self, timeout=_timeout))
+
+    def stream(self, op: str, /, **args: Any) -> Stream:
+        """Stream a streaming op's events with this session's state."""
+        return Stream(self.orchestrator.router, self.pool, op, args, session=self)
+
+    def close(self) -> None:
+        """Close the session and drop its state (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            ray.get(self.orchestrator.coordinator.close_session.remote(self.id))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Stream:
+    """Events of one streaming call. Iterate it; then ``result`` is the op's return value.
+
+    An error in the op is raised (as OrchestratorError) after the events it
+    yielded. Closing early (or leaving a ``with`` block) cancels the op.
+    """
+
+    def __init__(self, router: Router, pool: str, op: str, args: dict[str, Any], session: Session | None = None):
+        self.router, self.pool, self.op, self.args, self.session = router, pool, op, args, session
+        self.result: Any = None
+        self.done = False
+        self.events = 0
+        self.actor: dict[str, Any] | None = None
+        self.call_id = router.new_call_id()
+        router.check_op(pool, op)
+        self.items: Iterator[Any] = self._open(set())
+
+    def _open(self, exclude: set[str]) -> Iterator[Any]:
+        router = self.router
+        sid = self.session.id if self.session else None
+        for _ in range(2):  # allow one wait for a restarting actor
+            target = router._target(self.pool, self.session, exclude)
+            if target == LOCAL:
+                return iter(router.local_host.stream(self.op, self.args, sid, inline=True))
+            if target is not None:
+                break
+            router.wait_change(time.monotonic() + WAIT_FOR_ACTOR_S)
+        if target is None:
+            raise PoolUnavailable(f"no ready actor in pool {self.pool!r}", pool=self.pool, op=self.op)
+        assert isinstance(target, dict)
+        self.actor = target
+        router.acquire(self.pool, target)
+        buffer = router.pool(self.pool)["limits"]["stream_buffer"]
+        method = target["handle"].stream.options(num_returns="streaming", _generator_backpressure_num_objects=buffer)
+        if self.session is not None:
+            with self.session.lock:
+                seq = next(self.session.seqs)
+                return method.remote(self.op, self.args, sid, seq, router.caller, self.call_id)  # type: ignore[no-any-return]
+        return method.remote(self.op, self.args, None, None, router.caller, self.call_id)  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        if self.done:
+            raise StopIteration
+        try:
+            item = next(self.items)
+            kind, value = item if isinstance(item, tuple) else ray.get(item)
+        except StopIteration:
+            self._finish()
+            raise OrchestratorError.from_dict(
+                {"code": "worker_crashed", "message": "stream ended without a result", "pool": self.pool, "op": self.op}
+            ) from None
+        except RayActorError as exc:
+            self._finish()
+            if self.actor is not None:
+                self.router.report_dead(self.pool, self.actor, self.session.slot if self.session else None)
+            raise WorkerCrashed(f"the actor running this stream died: {exc}", pool=self.pool, op=self.op) from None
+        if kind == "event":
+            self.events += 1
+            return value
+        if kind == "error" and value.get("code") == RECYCLING and self.events == 0 and self.actor is not None:
+            self._release()
+            self.items = self._open({self.actor["actor_id"]})
+            return next(self)
+        self._finish()
+        if kind == "result":
+            self.result = value
+            raise StopIteration
+        raise OrchestratorError.from_dict(value)
+
+    def collect(self) -> tuple[list[Any], Any]:
+        """All events and the result."""
+        events = list(self)
+        return events, self.result
+
+    def close(self) -> None:
+        """Stop consuming: the op sees ``ctx.cancelled`` and stops."""
+        if not self.done:
+            if self.actor is not None:
+                self.actor["handle"].cancel.remote(self.call_id)
+            self._finish()
+
+    def _release(self) -> None:
+        if self.actor is not None:
+            self.router.release(self.pool, self.actor)
+            self.actor = None
+
+    def _finish(self) -> None:
+        self.done = True
+        self._release()
+        self.items = iter(())
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

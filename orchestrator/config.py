@@ -1,0 +1,265 @@
+"""pools.yaml: the schema (pydantic v2) and the loader.
+
+Every error names the file, the pool and the field, e.g.
+``pools.yaml: pools.light.size.min: must be >= 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import InvalidConfig
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def parse_bytes(value: Any) -> int:
+    """``"2GiB"`` -> 2147483648; ints pass through. Raises ValueError naming the unit."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 512MiB or 2GiB, got {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 512MiB or 2GiB, got {value!r}")
+    number, unit = match.groups()
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"unknown memory unit {unit!r} (use B, KB, MB, GB, KiB, MiB, GiB, TiB), got {value!r}")
+    return int(float(number) * factor)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Size(_Model):
+    """How many actors the pool runs."""
+
+    min: int = Field(1, ge=0, description="Actors started with the pool and kept alive.")
+    max: int | None = Field(None, ge=1, description="Upper bound (defaults to min); reserved for scaling.")
+
+    @model_validator(mode="after")
+    def _max_not_below_min(self) -> Size:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Resources(_Model):
+    """Ray resources each actor of the pool asks for (scheduling only)."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor; fractional allowed.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional allowed (e.g. 0.5).")
+    memory: int | None = Field(None, description="Ray memory resource per actor, e.g. 2GiB.")
+    custom: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor.")
+
+    _bytes = field_validator("memory", mode="before")(lambda v: None if v is None else parse_bytes(v))
+
+
+class Limits(_Model):
+    """Limits each actor enforces on itself."""
+
+    max_memory: int | None = Field(None, description="Recycle the actor after the current call past this RSS (e.g. 4GiB).")
+    max_calls: int | None = Field(None, ge=1, description="Recycle the actor after this many calls.")
+    call_timeout_s: float | None = Field(None, gt=0, description="A call running longer gets `timeout`.")
+    concurrency: int = Field(1, ge=1, description="Ops one actor runs at once.")
+    queue: int = Field(64, ge=0, description="Calls waiting per pool (per caller) beyond the running ones; past it, `overloaded`.")
+    stream_buffer: int = Field(16, ge=1, description="Stream events an op may run ahead of a slow consumer (backpressure).")
+
+    _bytes = field_validator("max_memory", mode="before")(lambda v: None if v is None else parse_bytes(v))
+
+
+class Restart(_Model):
+    """Restart intensity (OTP style): more than max_restarts in within_s fails the pool."""
+
+    max_restarts: int = Field(5, ge=0, description="Restarts allowed within the window.")
+    within_s: float = Field(60.0, gt=0, description="The window, in seconds.")
+
+
+class Health(_Model):
+    """The health ping the coordinator sends each actor."""
+
+    period_s: float = Field(2.0, gt=0, description="Seconds between pings.")
+    timeout_s: float = Field(10.0, gt=0, description="A ping unanswered this long marks the actor hung; it is replaced.")
+
+
+class Sessions(_Model):
+    """Stateful sessions pinned to one actor."""
+
+    per_worker: int = Field(0, ge=0, description="Sessions one actor holds at most (0 = no limit; 1 = a session owns its actor).")
+    idle_timeout_s: float | None = Field(None, gt=0, description="Close a session unused this long.")
+    ttl_s: float | None = Field(None, gt=0, description="Close a session this long after it opened.")
+    checkpoint: Literal["after_call", "explicit", "never"] = Field(
+        "explicit", description="When session state is saved for restore after a crash."
+    )
+
+
+class Pool(_Model):
+    """One named pool of WorkerHost actors."""
+
+    worker: str = Field(description='The worker class, "pkg.module:Class".')
+    env: str | None = Field(None, description="Folder holding requirements.txt (default envs/<pool> when it exists).")
+    env_manager: Literal["pip", "uv"] = Field("pip", description="Installer Ray uses to build the env.")
+    py_executable: str | None = Field(None, description="A prebuilt virtualenv's python, instead of env.")
+    size: Size = Field(default_factory=Size, description="Actor count (an int is min = max).")
+    resources: Resources = Field(default_factory=Resources, description="Per-actor Ray resources.")
+    limits: Limits = Field(default_factory=Limits, description="Per-actor limits.")
+    restart: Restart = Field(default_factory=Restart, description="Restart intensity.")
+    health: Health = Field(default_factory=Health, description="Health ping.")
+    sessions: Sessions = Field(default_factory=Sessions, description="Session policy.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the worker's constructor.")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables set in the pool's actors.")
+
+    @field_validator("worker")
+    @classmethod
+    def _entry_point(cls, value: str) -> str:
+        if not _ENTRY_RE.match(value):
+            raise ValueError(f'must look like "pkg.module:Class", got {value!r}')
+        return value
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _int_size(cls, value: Any) -> Any:
+        return {"min": value, "max": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class RayOptions(_Model):
+    """How the orchestrator reaches Ray."""
+
+    address: str | None = Field(None, description="Cluster address; none starts an embedded local Ray.")
+    namespace: str = Field("orchestrator", description="Ray namespace holding the coordinator and pool actors.")
+    dashboard_host: str = Field("127.0.0.1", description="Where the embedded Ray dashboard listens.")
+    num_cpus: float | None = Field(None, ge=0, description="Embedded Ray only: logical CPUs (default: the machine's).")
+    num_gpus: float | None = Field(None, ge=0, description="Embedded Ray only: logical GPUs (default: detected).")
+
+
+class Config(_Model):
+    """The whole of pools.yaml."""
+
+    ray: RayOptions = Field(default_factory=RayOptions, description="Ray connection.")
+    state_dir: str = Field(".orchestrator", description="Where the durable store lives (SQLite, checkpoints).")
+    start_timeout_s: float = Field(600.0, gt=0, description="How long start-up waits for actors (env builds included).")
+    debug: bool = Field(False, description="Include tracebacks in op_failed errors.")
+    pools: dict[str, Pool] = Field(default_factory=dict, description="The pools, by name.")
+    base_dir: str = Field(".", description="Folder pools.yaml was read from (set by the loader).")
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, pools: dict[str, Pool]) -> dict[str, Pool]:
+        for name in pools:
+            if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", name):
+                raise ValueError(f"pool name {name!r} must be lowercase letters, digits, '-' or '_'")
+        return pools
+
+    def env_dir(self, pool: str) -> Path | None:
+        """The pool's env folder, resolved against pools.yaml's folder."""
+        spec = self.pools[pool]
+        if spec.env is not None:
+            return Path(self.base_dir, spec.env).resolve()
+        default = Path(self.base_dir, "envs", pool)
+        return default.resolve() if default.is_dir() else None
+
+    def state_path(self) -> Path:
+        """``state_dir`` resolved against pools.yaml's folder."""
+        return Path(self.base_dir, self.state_dir).resolve()
+
+
+def _interpolate(value: Any, where: str, source: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{where}.{i}", source) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise InvalidConfig(f"{source}: {where}: environment variable {name} is not set and has no default")
+
+    replaced = _VAR_RE.sub(substitute, value)
+    # A whole-value reference may stand for a number or bool: let YAML type it.
+    return yaml.safe_load(replaced) if _VAR_RE.fullmatch(value) and replaced else replaced
+
+
+def _describe(error: Any) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}, got {value!r}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message if "got" in message else f"{message}, got {value!r}"
+
+
+def _check_paths(config: Config, source: str) -> None:
+    for name, pool in config.pools.items():
+        if pool.env is not None:
+            folder = config.env_dir(name)
+            assert folder is not None
+            if not folder.is_dir():
+                raise InvalidConfig(f"{source}: pools.{name}.env: folder {folder} does not exist", pool=name)
+            if not (folder / "requirements.txt").is_file():
+                raise InvalidConfig(f"{source}: pools.{name}.env: {folder} has no requirements.txt", pool=name)
+        if pool.py_executable is not None and not Path(pool.py_executable).is_file():
+            raise InvalidConfig(
+                f"{source}: pools.{name}.py_executable: {pool.py_executable} does not exist", pool=name
+            )
+
+
+def parse_config(data: Any, source: str = "pools.yaml", base_dir: str | Path = ".") -> Config:
+    """Validate an already-parsed mapping; errors name ``source`` and the field path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidConfig(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _interpolate(dict(data), "", source)
+    data["base_dir"] = str(base_dir)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        pool = None
+        for error in exc.errors():
+            loc = ".".join(str(part) for part in error["loc"])
+            if len(error["loc"]) > 1 and error["loc"][0] == "pools":
+                pool = str(error["loc"][1])
+            lines.append(f"{source}: {loc}: {_describe(error)}")
+        raise InvalidConfig("; ".join(lines), pool=pool, detail=[line for line in lines]) from None
+    _check_paths(config, source)
+    return config
+
+
+def load_config(path: str | Path = "pools.yaml") -> Config:
+    """Read, interpolate and validate a pools.yaml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidConfig(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidConfig(f"{path.name}: not valid YAML: {exc}") from None
+    return parse_config(data, source=path.name, base_dir=path.parent.resolve())

@@ -1,0 +1,474 @@
+"""WorkerHost: the Ray actor that wraps one instance of a pool's Worker class.
+
+It is a threaded actor: ops run on Ray's executor threads (no extra hop), with
+``limits.concurrency`` of them at once; admin methods (ping, cancel, session
+admin, drain) run in their own concurrency group so a busy or stuck op never
+starves the health check. Calls return an envelope ``(ok, value_or_error_dict)``
+so errors cross the process boundary as data, not as wrapped tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import ray
+
+from orchestrator.errors import (
+    DependencyMissing,
+    GpuOom,
+    InvalidArguments,
+    OpFailed,
+    OpNotFound,
+    OrchestratorError,
+    SessionLost,
+    SessionNotFound,
+)
+from orchestrator.worker import Context, OpSpec, Worker, load_worker_class, ops_of
+
+# Internal answer of a host that is draining: the router retries elsewhere (the op never ran).
+RECYCLING = "_recycling"
+ADMIN = "admin"
+SEQ_WAIT_S = 30.0  # how long a session call waits for an earlier one that never arrived
+
+
+@dataclass
+class SessionSlot:
+    """One session's state on this actor, and the turnstile that orders its calls."""
+
+    state: dict[str, Any] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    next_seq: dict[str, int] = field(default_factory=dict)
+    restored: bool = False  # after a restore, a caller's first call sets its sequence
+    busy: bool = False
+    last_used: float = field(default_factory=time.time)
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """True for torch.cuda.OutOfMemoryError without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("torch")
+
+
+class WorkerHost:
+    """Hosts one Worker: validates and runs its ops, holds its sessions, watches itself."""
+
+    def __init__(
+        self,
+        pool: str,
+        slot: int,
+        gen: int,
+        spec: dict[str, Any],
+        namespace: str,
+        coordinator: str,
+        env_file: str | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.pool, self.slot, self.gen = pool, slot, gen
+        self.namespace, self.coordinator_name = namespace, coordinator
+        self.env_file, self.debug = env_file, debug
+        limits = spec.get("limits", {})
+        self.max_memory: int | None = limits.get("max_memory")
+        self.max_calls: int | None = limits.get("max_calls")
+        self.checkpoint_mode: str = spec.get("sessions", {}).get("checkpoint", "explicit")
+        self.slots = threading.BoundedSemaphore(limits.get("concurrency", 1))
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.inflight = 0
+        self.recycling: str | None = None
+        self.running: dict[str, Context] = {}
+        self.sessions: dict[str, SessionSlot] = {}
+        self.lost: set[str] = set()
+        self.closed: dict[str, str] = {}
+        self.process = psutil.Process()
+        self._coordinator: Any = None
+        self._orchestrator: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.init_error: dict[str, Any] | None = None
+        self.worker: Worker | None = None
+        self.ops: dict[str, OpSpec] = {}
+        try:
+            cls = load_worker_class(spec["worker"], pool, spec.get("options", {}))
+            self.ops = ops_of(cls)
+            self.worker = cls(**spec.get("options", {}))
+        except OrchestratorError as exc:
+            self.init_error = exc.to_dict()
+        except BaseException as exc:  # the constructor raised: report it, naming the pool
+            error = self._convert(exc, None)
+            error.message = f"pools.{pool}: worker constructor failed: {error.message}"
+            self.init_error = error.to_dict()
+
+    # ----------------------------------------------------------------- admin
+    @ray.method(concurrency_group=ADMIN)
+    def ready(self) -> dict[str, Any]:
+        """Start-up report: ops catalogue or the init error, and where the actor runs."""
+        return {
+            "error": self.init_error,
+            "ops": {name: spec.info() for name, spec in self.ops.items()},
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "actor_id": ray.get_runtime_context().get_actor_id(),
+        }
+
+    @ray.method(concurrency_group=ADMIN)
+    def ping(self) -> dict[str, Any]:
+        """Health and stats: memory, calls, in-flight ops, sessions and their last use."""
+        return {
+            "pid": os.getpid(),
+            "rss": self.process.memory_info().rss,
+            "gpu_memory": self._gpu_memory(),
+            "calls": self.calls,
+            "inflight": self.inflight,
+            "recycling": self.recycling,
+            "sessions": {sid: s.last_used for sid, s in self.sessions.items()},
+            "progress": {cid: dict(ctx.last_progress) for cid, ctx in self.running.items() if ctx.last_progress},
+        }
+
+    @ray.method(concurrency_group=ADMIN)
+    def cancel(self, call_id: str) -> bool:
+        """Set ``ctx.cancelled`` for a running call (the op stops cooperatively)."""
+        ctx = self.running.get(call_id)
+        if ctx is not None:
+            ctx._cancel.set()
+        return ctx is not None
+
+    @ray.method(concurrency_group=ADMIN)
+    def open_session(self, session_id: str) -> None:
+        """Create an empty session on this actor."""
+        self.sessions[session_id] = SessionSlot()
+
+    @ray.method(concurrency_group=ADMIN)
+    def close_session(self, session_id: str, reason: str = "closed") -> bool:
+        """Drop a session's state; later calls to it say why it is gone."""
+        self.closed[session_id] = reason
+        return self.sessions.pop(session_id, None) is not None
+
+    @ray.method(concurrency_group=ADMIN)
+    def restore_sessions(self, states: dict[str, bytes], lost: list[str]) -> None:
+        """Install sessions moved or restored here; ``lost`` ones answer session_lost."""
+        for sid, blob in states.items():
+            self.sessions[sid] = SessionSlot(state=pickle.loads(blob), restored=True)
+            self.closed.pop(sid, None)
+        self.lost.update(lost)
+
+    @ray.method(concurrency_group=ADMIN)
+    def export_sessions(self) -> dict[str, bytes]:
+        """Every session's state, pickled (for recycling and graceful shutdown)."""
+        return {sid: pickle.dumps(s.state) for sid, s in self.sessions.items()}
+
+    @ray.method(concurrency_group=ADMIN)
+    def drain(self, timeout_s: float, reason: str = "draining") -> bool:
+        """Stop taking calls, then wait for the running ones; True if all finished."""
+        self.recycling = self.recycling or reason
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.inflight == 0
+
+    @ray.method(concurrency_group=ADMIN)
+    def stop(self) -> None:
+        """Let the worker release its resources before the actor is killed."""
+        if self.worker is not None:
+            try:
+                self.worker.close()
+            except Exception:
+                traceback.print_exc()
+
+    # ------------------------------------------------------------------ ops
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any],
+        session: str | None = None,
+        seq: int | None = None,
+        caller: str = "",
+        call_id: str = "",
+        inline: bool = False,
+    ) -> tuple[bool, Any]:
+        """Run a plain op; returns ``(True, result)`` or ``(False, error_dict)``."""
+        spec: OpSpec | None = None
+        admitted = False
+        try:
+            self._admit(session, inline)
+            admitted = True
+            spec = self._spec(op)
+            with self._turn(session, seq, caller, inline) as ctx_state:
+                args = self._validate(spec, args, session)
+                ctx = self._context(spec, session, call_id, ctx_state)
+                try:
+                    if spec.stream:  # a streaming op called plainly: its events are dropped
+                        result = None
+                        for kind, value in self._run_stream(spec, args, ctx):
+                            if kind == "result":
+                                result = value
+                    else:
+                        result = self._run(spec, args, ctx)
+                    self._after_session_call(session)
+                finally:
+                    self.running.pop(call_id, None)
+            return True, result
+        except BaseException as exc:
+            return False, self._error(exc, spec, op)
+        finally:
+            self._after_call(admitted)
+
+    def stream(
+        self,
+        op: str,
+        args: dict[str, Any],
+        session: str | None = None,
+        seq: int | None = None,
+        caller: str = "",
+        call_id: str = "",
+        inline: bool = False,
+    ) -> Iterator[tuple[str, Any]]:
+        """Run an op as a stream of ``("event", x)`` items ending in ``("result", v)`` or ``("error", e)``."""
+        spec: OpSpec | None = None
+        admitted = False
+        try:
+            self._admit(session, inline)
+            admitted = True
+            spec = self._spec(op)
+            with self._turn(session, seq, caller, inline) as ctx_state:
+                args = self._validate(spec, args, session)
+                ctx = self._context(spec, session, call_id, ctx_state)
+                try:
+                    if spec.stream:
+                        yield from self._run_stream(spec, args, ctx)
+                    else:
+                        yield ("result", self._run(spec, args, ctx))
+                    self._after_session_call(session)
+                finally:
+                    self.running.pop(call_id, None)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            yield ("error", self._error(exc, spec, op))
+        finally:
+            self._after_call(admitted)
+
+    # ------------------------------------------------------------- internals
+    def _admit(self, session: str | None, inline: bool) -> None:
+        if self.recycling and not inline:
+            raise _Recycling(self.recycling)
+        if session is not None:
+            if session in self.lost:
+                raise SessionLost(
+                    f"session {session} was lost when its actor died (no checkpoint to restore it from)",
+                    pool=self.pool,
+                )
+            if session not in self.sessions:
+                why = self.closed.get(session, "never opened on this actor")
+                raise SessionNotFound(f"session {session} is not open ({why})", pool=self.pool)
+        with self.lock:
+            self.inflight += 1
+
+    def _spec(self, op: str) -> OpSpec:
+        spec = self.ops.get(op)
+        if spec is None:
+            raise OpNotFound(f"pool {self.pool!r} has no op {op!r} (ops: {', '.join(sorted(self.ops))})")
+        return spec
+
+    def _validate(self, spec: OpSpec, args: dict[str, Any], session: str | None) -> dict[str, Any]:
+        if spec.session and session is None:
+            raise InvalidArguments(
+                f"op {spec.name!r} keeps session state: call it inside a session", pool=self.pool, op=spec.name
+            )
+        return spec.validate(args, self.pool)
+
+    def _turn(self, session: str | None, seq: int | None, caller: str, inline: bool) -> _Turn:
+        return _Turn(self, session, seq, caller, inline)
+
+    def _context(self, spec: OpSpec, session: str | None, call_id: str, state: dict[str, Any] | None) -> Context:
+        ctx = Context(pool=self.pool, op=spec.name, session_id=session)
+        if state is not None:
+            ctx.state = state
+        if session is not None:
+            ctx._checkpoint = lambda obj: self._save_checkpoint(f"session:{session}", obj)
+        ctx._orchestrator = self._in_cluster
+        if call_id:
+            self.running[call_id] = ctx
+        return ctx
+
+    def _run(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Any:
+        assert self.worker is not None
+        method = getattr(self.worker, spec.name)
+        while True:
+            kwargs = {**args, "ctx": ctx} if spec.takes_ctx else args
+            try:
+                if spec.is_async:
+                    return asyncio.run_coroutine_threadsafe(method(**kwargs), self._event_loop()).result()
+                return method(**kwargs)
+            except BaseException as exc:
+                batch = args.get("batch_size")
+                if not (is_cuda_oom(exc) and spec.batch_param and isinstance(batch, int) and batch > 1):
+                    raise
+                _empty_cuda_cache()
+                args = {**args, "batch_size": batch // 2}
+
+    def _run_stream(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Iterator[tuple[str, Any]]:
+        assert self.worker is not None
+        kwargs = {**args, "ctx": ctx} if spec.takes_ctx else args
+        gen = getattr(self.worker, spec.name)(**kwargs)
+        if spec.is_async:
+            loop = self._event_loop()
+            try:
+                while not ctx.cancelled:
+                    try:
+                        item = asyncio.run_coroutine_threadsafe(gen.__anext__(), loop).result()
+                    except StopAsyncIteration:
+                        break
+                    yield ("event", item)
+            finally:
+                asyncio.run_coroutine_threadsafe(gen.aclose(), loop).result()
+            yield ("result", None)
+            return
+        try:
+            while True:
+                try:
+                    item = next(gen)
+                except StopIteration as stop:
+                    yield ("result", stop.value)
+                    return
+                if ctx.cancelled:
+                    return
+                yield ("event", item)
+        finally:
+            gen.close()
+
+    def _after_session_call(self, session: str | None) -> None:
+        if session is not None and self.checkpoint_mode == "after_call":
+            self._save_checkpoint(f"session:{session}", self.sessions[session].state)
+
+    def _after_call(self, admitted: bool) -> None:
+        if not admitted:
+            return
+        with self.lock:
+            self.inflight -= 1
+            self.calls += 1
+            calls = self.calls
+        if self.recycling:
+            return
+        if self.max_calls is not None and calls >= self.max_calls:
+            self._recycle(f"max_calls: served {calls} calls (limit {self.max_calls})")
+        elif self.max_memory is not None:
+            rss = self.process.memory_info().rss
+            if rss > self.max_memory:
+                self._recycle(f"max_memory: rss {rss} bytes over the limit of {self.max_memory}")
+
+    def _recycle(self, reason: str) -> None:
+        self.recycling = reason
+        self._coordinator_handle().report_recycle.remote(self.pool, self.slot, self.gen, reason)
+
+    def _save_checkpoint(self, key: str, obj: Any) -> None:
+        ray.get(self._coordinator_handle().put_checkpoint.remote(key, pickle.dumps(obj)))
+
+    def _coordinator_handle(self) -> Any:
+        if self._coordinator is None:
+            self._coordinator = ray.get_actor(self.coordinator_name, namespace=self.namespace)
+        return self._coordinator
+
+    def _in_cluster(self) -> Any:
+        if self._orchestrator is None:
+            from orchestrator.api import Orchestrator
+
+            self._orchestrator = Orchestrator.in_cluster(self.namespace, self.coordinator_name, local_host=self)
+        return self._orchestrator
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self.lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="op-loop", daemon=True).start()
+            return self._loop
+
+    def _gpu_memory(self) -> int | None:
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return int(torch.cuda.memory_reserved())
+
+    def _error(self, exc: BaseException, spec: OpSpec | None, op: str) -> dict[str, Any]:
+        if isinstance(exc, _Recycling):
+            return {"code": RECYCLING, "message": str(exc)}
+        error = self._convert(exc, spec)
+        error.pool = error.pool or self.pool
+        error.op = error.op or op
+        return error.to_dict()
+
+    def _convert(self, exc: BaseException, spec: OpSpec | None) -> OrchestratorError:
+        if isinstance(exc, OrchestratorError):
+            return exc
+        op = spec.name if spec else None
+        if isinstance(exc, ImportError):
+            where = self.env_file or f"envs/{self.pool}/requirements.txt"
+            return DependencyMissing(
+                f"module {exc.name or str(exc)!r} is not installed in pool {self.pool!r}: add it to {where}",
+                pool=self.pool,
+                op=op,
+                detail={"module": exc.name, "env_file": where},
+            )
+        if is_cuda_oom(exc):
+            _empty_cuda_cache()
+            return GpuOom(f"CUDA out of memory: {exc}", pool=self.pool, op=op)
+        detail: dict[str, Any] = {"type": type(exc).__name__}
+        if self.debug:
+            detail["traceback"] = "".join(traceback.format_exception(exc))
+        return OpFailed(f"{type(exc).__name__}: {exc}", pool=self.pool, op=op, detail=detail)
+
+
+class _Recycling(Exception):
+    """The host is draining; the call never started."""
+
+
+class _Turn:
+    """Runs a session call in its turn: one at a time, in the caller's order."""
+
+    def __init__(self, host: WorkerHost, session: str | None, seq: int | None, caller: str, inline: bool):
+        self.host, self.session, self.seq, self.caller, self.inline = host, session, seq, caller, inline
+        self.slot: SessionSlot | None = None
+
+    def __enter__(self) -> dict[str, Any] | None:
+        if self.session is not None:
+            self.slot = slot = self.host.sessions[self.session]
+            deadline = time.monotonic() + SEQ_WAIT_S
+            with slot.cond:
+                if self.seq is not None and slot.restored:
+                    slot.next_seq.setdefault(self.caller, self.seq)
+                while slot.busy or (self.seq is not None and slot.next_seq.get(self.caller, 0) < self.seq):
+                    if not slot.cond.wait(timeout=max(0.0, deadline - time.monotonic())) and not slot.busy:
+                        break  # an earlier call never arrived: don't wait on it forever
+                slot.busy = True
+        if not self.inline:
+            self.host.slots.acquire()
+        return self.slot.state if self.slot else None
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.inline:
+            self.host.slots.release()
+        if self.slot is not None:
+            with self.slot.cond:
+                self.slot.busy = False
+                self.slot.last_used = time.time()
+                if self.seq is not None:
+                    self.slot.next_seq[self.caller] = self.seq + 1
+                self.slot.cond.notify_all()
+
+
+def _empty_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def actor_class() -> Any:
+    """The WorkerHost as a Ray actor class (admin methods in their own thread group)."""
+    return ray.remote(concurrency_groups={ADMIN: 4})(WorkerHost)

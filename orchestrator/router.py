@@ -1,0 +1,278 @@
+"""The data plane: route calls from the caller's process straight to actors.
+
+The router keeps the coordinator's routing table (long-polled, versioned)
+and picks the ready actor with the fewest calls outstanding from this
+process. Each pool has a bound on outstanding calls (actors x concurrency +
+queue); past it the call is refused at once with ``overloaded``.
+
+The call logic is written once, as a generator of steps (``("get", ref,
+timeout)`` / ``("wait", deadline)``); the sync and async entry points only
+drive it, each with its own kind of waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Generator
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from orchestrator.errors import (
+    OpNotFound,
+    OrchestratorError,
+    Overloaded,
+    PoolNotFound,
+    PoolUnavailable,
+    Timeout,
+    WorkerCrashed,
+)
+from orchestrator.host import RECYCLING
+
+log = logging.getLogger("orchestrator.router")
+
+WAIT_FOR_ACTOR_S = 60.0  # how long a call waits for a restarting actor before pool_unavailable
+POLL_S = 5.0
+LOCAL = "local"
+
+Step = tuple[Any, ...]
+Steps = Generator[Step, Any, Any]
+
+
+class Router:
+    """Routing table, outstanding-call counts, and the call logic for one process."""
+
+    def __init__(self, coordinator: Any, local_host: Any = None) -> None:
+        self.coordinator = coordinator
+        self.local_host = local_host  # set inside a WorkerHost: calls to its own pool run inline
+        self.caller = uuid.uuid4().hex[:12]
+        self.ids = itertools.count()
+        self.cond = threading.Condition()
+        self.table: dict[str, Any] = {"version": -1, "pools": {}}
+        self.outstanding: dict[str, int] = defaultdict(int)
+        self.pool_outstanding: dict[str, int] = defaultdict(int)
+        self.closed = False
+        self._install(ray.get(coordinator.routing.remote(-1, 0.0)))
+        threading.Thread(target=self._poll, name="orchestrator-routing", daemon=True).start()
+
+    # ---------------------------------------------------------------- table
+    def _install(self, table: dict[str, Any] | None) -> None:
+        if table is None:
+            return
+        with self.cond:
+            if table["version"] > self.table["version"]:
+                self.table = table
+                self.cond.notify_all()
+
+    def _poll(self) -> None:
+        while not self.closed:
+            try:
+                self._install(ray.get(self.coordinator.routing.remote(self.table["version"], POLL_S)))
+            except Exception:  # coordinator restarting or gone: keep the last table, try again
+                if self.closed or not ray.is_initialized():
+                    return
+                time.sleep(0.5)
+
+    def wait_change(self, deadline: float) -> None:
+        """Block until the table changes or ``deadline`` (monotonic) passes."""
+        version = self.table["version"]
+        with self.cond:
+            self.cond.wait_for(
+                lambda: self.table["version"] != version, timeout=max(0.0, deadline - time.monotonic())
+            )
+
+    def pool(self, name: str) -> dict[str, Any]:
+        """A pool's routing entry; raises pool_not_found / pool_unavailable."""
+        pools = self.table["pools"]
+        entry = pools.get(name)
+        if entry is None:
+            raise PoolNotFound(f"no pool {name!r} (pools: {', '.join(sorted(pools)) or 'none'})", pool=name)
+        if entry["state"] in ("failed", "stopped"):
+            raise PoolUnavailable(f"pool {name!r} is {entry['state']}: {entry['reason']}", pool=name)
+        return entry
+
+    def check_op(self, pool: str, op: str) -> dict[str, Any]:
+        """The op's description; raises op_not_found."""
+        ops = self.pool(pool)["ops"]
+        if op not in ops:
+            raise OpNotFound(f"pool {pool!r} has no op {op!r} (ops: {', '.join(sorted(ops))})", pool=pool, op=op)
+        return ops[op]
+
+    def pick(self, pool: str, exclude: set[str]) -> dict[str, Any] | str | None:
+        """The ready actor with the fewest outstanding calls, LOCAL, or None when none is ready."""
+        entry = self.pool(pool)
+        if self.local_host is not None and self.local_host.pool == pool:
+            return LOCAL  # never wait on our own pool's slots: run inline
+        actors = [a for a in entry["actors"].values() if a["stateless"] and a["actor_id"] not in exclude]
+        if not actors:
+            return None
+        limits = entry["limits"]
+        bound = len(entry["actors"]) * limits["concurrency"] + limits["queue"]
+        if self.pool_outstanding[pool] >= bound:
+            raise Overloaded(
+                f"{self.pool_outstanding[pool]} calls outstanding (bound {bound}: actors x concurrency + queue)",
+                pool=pool,
+            )
+        start = next(self.ids) % len(actors)
+        rotated = actors[start:] + actors[:start]
+        return min(rotated, key=lambda a: self.outstanding[a["actor_id"]])
+
+    def session_actor(self, pool: str, slot: int) -> dict[str, Any] | None:
+        """The current actor of a session's slot, or None while it restarts."""
+        return self.pool(pool)["actors"].get(slot)
+
+    def acquire(self, pool: str, actor: dict[str, Any]) -> None:
+        """Count a call as outstanding."""
+        with self.cond:
+            self.outstanding[actor["actor_id"]] += 1
+            self.pool_outstanding[pool] += 1
+
+    def release(self, pool: str, actor: dict[str, Any]) -> None:
+        """A call finished."""
+        with self.cond:
+            self.outstanding[actor["actor_id"]] -= 1
+            self.pool_outstanding[pool] -= 1
+
+    def report_dead(self, pool: str, actor: dict[str, Any], slot: int | None = None) -> None:
+        """Tell the coordinator at once (it re-checks the actor and restarts it)."""
+        index = slot if slot is not None else _slot_of(self.pool(pool), actor)
+        if index is not None:
+            self.coordinator.report_dead.remote(pool, index, actor["gen"])
+
+    def new_call_id(self) -> str:
+        """An id the host can cancel the call by."""
+        return f"{self.caller}:{next(self.ids)}"
+
+    # ---------------------------------------------------------------- calls
+    def call_steps(
+        self,
+        pool: str,
+        op: str,
+        args: dict[str, Any],
+        session: Any = None,
+        timeout: float | None = None,
+    ) -> Steps:
+        """The call logic. Yields ``("get", ref, timeout)`` and ``("wait", deadline)``; returns the result."""
+        info = self.check_op(pool, op)
+        limit = timeout if timeout is not None else self.pool(pool)["limits"]["call_timeout_s"]
+        wait_deadline = time.monotonic() + (limit if limit is not None else WAIT_FOR_ACTOR_S)
+        exclude: set[str] = set()
+        retried = False
+        while True:
+            actor = self._target(pool, session, exclude)
+            if actor is LOCAL:
+                ok, value = self.local_host.call(op, args, session.id if session else None, inline=True)
+                return _unwrap(ok, value)
+            if actor is None:
+                if time.monotonic() >= wait_deadline:
+                    raise PoolUnavailable(f"no ready actor in pool {pool!r}", pool=pool, op=op)
+                yield ("wait", wait_deadline)
+                continue
+            assert isinstance(actor, dict)
+            call_id = self.new_call_id()
+            self.acquire(pool, actor)
+            try:
+                if session is not None:
+                    with session.lock:
+                        seq = next(session.seqs)
+                        ref = actor["handle"].call.remote(op, args, session.id, seq, self.caller, call_id)
+                else:
+                    ref = actor["handle"].call.remote(op, args, None, None, self.caller, call_id)
+                try:
+                    ok, value = yield ("get", ref, limit)
+                except (GetTimeoutError, TimeoutError):
+                    actor["handle"].cancel.remote(call_id)
+                    raise Timeout(f"no answer within {limit:g}s (call_timeout_s)", pool=pool, op=op) from None
+                except RayActorError as exc:
+                    self.report_dead(pool, actor, session.slot if session else None)
+                    if info["idempotent"] and not retried and session is None:
+                        retried = True
+                        exclude.add(actor["actor_id"])
+                        continue
+                    raise WorkerCrashed(f"the actor running this call died: {_first_line(exc)}", pool=pool, op=op) from None
+            finally:
+                self.release(pool, actor)
+            if not ok and value.get("code") == RECYCLING:
+                exclude.add(actor["actor_id"])
+                if session is not None:
+                    yield ("wait", wait_deadline)
+                continue
+            return _unwrap(ok, value)
+
+    def _target(self, pool: str, session: Any, exclude: set[str]) -> dict[str, Any] | str | None:
+        if session is None:
+            return self.pick(pool, exclude)
+        if self.local_host is not None and self.local_host.pool == pool:
+            return LOCAL
+        actor = self.session_actor(pool, session.slot)
+        return None if actor is None or actor["actor_id"] in exclude else actor
+
+    def run(self, steps: Steps) -> Any:
+        """Drive call steps synchronously."""
+        message: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(message)
+            except StopIteration as stop:
+                return stop.value
+            message, error = None, None
+            try:
+                if step[0] == "get":
+                    message = ray.get(step[1], timeout=step[2])
+                else:
+                    self.wait_change(step[1])
+            except (GetTimeoutError, RayActorError) as exc:
+                error = exc
+
+    async def arun(self, steps: Steps) -> Any:
+        """Drive call steps on an asyncio loop."""
+        import asyncio
+
+        message: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(message)
+            except StopIteration as stop:
+                return stop.value
+            message, error = None, None
+            try:
+                if step[0] == "get":
+                    message = await asyncio.wait_for(_awaitable(step[1]), step[2])
+                else:
+                    await asyncio.to_thread(self.wait_change, step[1])
+            except (asyncio.TimeoutError, RayActorError) as exc:
+                error = TimeoutError() if isinstance(exc, asyncio.TimeoutError) else exc
+
+    def close(self) -> None:
+        """Stop the table poller."""
+        self.closed = True
+
+
+async def _awaitable(ref: Any) -> Any:
+    return await ref
+
+
+def _unwrap(ok: bool, value: Any) -> Any:
+    if ok:
+        return value
+    raise OrchestratorError.from_dict(value)
+
+
+def _slot_of(entry: dict[str, Any], actor: dict[str, Any]) -> int | None:
+    for index, candidate in entry["actors"].items():
+        if candidate["actor_id"] == actor["actor_id"]:
+            return int(index)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

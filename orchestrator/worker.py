@@ -1,0 +1,211 @@
+"""The worker contract: what a pool author writes.
+
+A pool's worker is a subclass of :class:`Worker` whose ``@op`` methods are the
+only things callable from outside. Arguments are validated from the type hints
+(pydantic) before the method runs. An op that takes a parameter named ``ctx``
+receives the call's :class:`Context`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from orchestrator.errors import InvalidArguments, InvalidConfig
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Worker:
+    """Base class of pool workers. The constructor receives the pool's ``options``."""
+
+    def close(self) -> None:
+        """Called once when the actor stops gracefully; release resources here."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What ``@op`` records about a method."""
+
+    name: str
+    session: bool = False
+    stream: bool = False
+    idempotent: bool = False
+    is_async: bool = False
+    takes_ctx: bool = False
+    batch_param: bool = False
+    args_model: type[BaseModel] | None = None
+
+    def info(self) -> dict[str, Any]:
+        """The public description (routing table, status, HTTP)."""
+        schema = self.args_model.model_json_schema() if self.args_model else {"type": "object", "properties": {}}
+        return {
+            "name": self.name,
+            "session": self.session,
+            "stream": self.stream,
+            "idempotent": self.idempotent,
+            "params": schema,
+        }
+
+    def validate(self, args: dict[str, Any], pool: str | None = None) -> dict[str, Any]:
+        """Validate and coerce ``args``; raise InvalidArguments naming each bad field."""
+        if self.args_model is None:
+            return args
+        try:
+            model = self.args_model.model_validate(args)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                name = ".".join(str(p) for p in error["loc"]) or "(arguments)"
+                message = "unexpected argument" if error["type"] == "extra_forbidden" else error["msg"]
+                problems.append({"field": name, "message": message})
+            text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+            raise InvalidArguments(text, pool=pool, op=self.name, detail=problems) from None
+        return dict(model)
+
+
+@overload
+def op(fn: F) -> F: ...
+@overload
+def op(*, session: bool = False, idempotent: bool = False) -> Callable[[F], F]: ...
+def op(fn: Any = None, *, session: bool = False, idempotent: bool = False) -> Any:
+    """Mark a Worker method as callable from outside.
+
+    Plain, ``async def`` and generator (streaming: each ``yield`` is an event,
+    the ``return`` value is the result) methods are all supported.
+    ``session=True`` ops run only inside a session; ``idempotent=True`` ops are
+    retried once on another actor when theirs crashes.
+    """
+
+    def mark(method: F) -> F:
+        method.__orchestrator_op__ = _build_spec(method, session=session, idempotent=idempotent)  # type: ignore[attr-defined]
+        return method
+
+    return mark(fn) if fn is not None else mark
+
+
+def _build_spec(method: Callable[..., Any], *, session: bool, idempotent: bool) -> OpSpec:
+    signature = inspect.signature(method)
+    try:
+        hints = get_type_hints(method)
+    except Exception:  # unresolvable forward refs: fall back to no annotations
+        hints = {}
+    fields: dict[str, Any] = {}
+    takes_ctx = False
+    for i, (name, param) in enumerate(signature.parameters.items()):
+        if i == 0 and name == "self":
+            continue
+        if name == "ctx":
+            takes_ctx = True
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"@op {method.__name__}: *args/**kwargs are not supported; name each argument")
+        annotation = hints.get(name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (annotation, default)
+    model = None
+    if fields:
+        model = create_model(  # type: ignore[call-overload]
+            f"{method.__name__}_args",
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+    return OpSpec(
+        name=method.__name__,
+        session=session,
+        stream=inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method),
+        idempotent=idempotent,
+        is_async=inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method),
+        takes_ctx=takes_ctx,
+        batch_param="batch_size" in fields,
+        args_model=model,
+    )
+
+
+def ops_of(cls: type) -> dict[str, OpSpec]:
+    """The ``@op`` methods of a worker class, by name."""
+    found: dict[str, OpSpec] = {}
+    for name in dir(cls):
+        spec = getattr(getattr(cls, name, None), "__orchestrator_op__", None)
+        if isinstance(spec, OpSpec):
+            found[name] = spec
+    return found
+
+
+def load_worker_class(entry: str, pool: str, options: dict[str, Any]) -> type[Worker]:
+    """Import ``"pkg.module:Class"`` and check it is a Worker that accepts ``options``.
+
+    Raises InvalidConfig naming the pool and the problem.
+    """
+    where = f"pools.{pool}.worker"
+    module_name, _, class_name = entry.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidConfig(f"{where}: cannot import {module_name!r}: {exc}", pool=pool) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise InvalidConfig(f"{where}: module {module_name!r} has no {class_name!r}", pool=pool)
+    if not (isinstance(cls, type) and issubclass(cls, Worker)):
+        raise InvalidConfig(f"{where}: {entry} is not a subclass of orchestrator.Worker", pool=pool)
+    if not ops_of(cls):
+        raise InvalidConfig(f"{where}: {entry} has no @op methods", pool=pool)
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as exc:
+        raise InvalidConfig(f"pools.{pool}.options: {entry} does not accept these options: {exc}", pool=pool) from None
+    return cls
+
+
+@dataclass
+class Context:
+    """What an op sees of its call: session state, checkpoints, progress, cancellation."""
+
+    pool: str
+    op: str
+    session_id: str | None = None
+    job_id: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    resume: Any = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _checkpoint: Callable[[Any], None] | None = field(default=None, repr=False)
+    _progress: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    _orchestrator: Callable[[], Orchestrator] | None = field(default=None, repr=False)
+    last_progress: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the caller went away or cancelled; a long op should stop soon after."""
+        return self._cancel.is_set()
+
+    def checkpoint(self, obj: Any = None) -> None:
+        """Save ``obj`` (in a session: the session state when ``obj`` is None) durably.
+
+        After a crash, a session is restored from its last checkpoint and a job is
+        re-run with ``ctx.resume`` set to it.
+        """
+        if self._checkpoint is None:
+            raise RuntimeError("checkpoint() needs a session or a job: this call has neither")
+        self._checkpoint(self.state if obj is None else obj)
+
+    def progress(self, **fields: Any) -> None:
+        """Report progress (e.g. ``done=3, total=10``); visible in status and job events."""
+        self.last_progress.update(fields)
+        if self._progress is not None:
+            self._progress(fields)
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The in-cluster handle: call other pools (or this one) from inside an op."""
+        if self._orchestrator is None:
+            raise RuntimeError("no orchestrator handle outside a pool actor")
+        return self._orchestrator()

@@ -1,0 +1,1 @@
+"""Worker classes that ship with the orchestrator."""
