@@ -148,6 +148,8 @@ class RayOptions(_Model):
     num_cpus: float | None = Field(None, ge=0, description="Embedded Ray only: logical CPUs (default: the machine's).")
     num_gpus: float | None = Field(None, ge=0, description="Embedded Ray only: logical GPUs (default: detected).")
 
+    _empty_is_none = field_validator("address", mode="before")(lambda v: v or None)
+
 
 class Config(_Model):
     """The whole of pools.yaml."""

@@ -53,6 +53,7 @@ class Router:
         self.local_host = local_host  # set inside a WorkerHost: calls to its own pool run inline
         self.caller = uuid.uuid4().hex[:12]
         self.ids = itertools.count()
+        self.turns = itertools.count()  # rotates ties between equally loaded actors
         self.cond = threading.Condition()
         self.table: dict[str, Any] = {"version": -1, "pools": {}}
         self.outstanding: dict[str, int] = defaultdict(int)
@@ -119,7 +120,7 @@ class Router:
                 f"{self.pool_outstanding[pool]} calls outstanding (bound {bound}: actors x concurrency + queue)",
                 pool=pool,
             )
-        start = next(self.ids) % len(actors)
+        start = next(self.turns) % len(actors)
         rotated = actors[start:] + actors[:start]
         return min(rotated, key=lambda a: self.outstanding[a["actor_id"]])
 

@@ -1,0 +1,100 @@
+"""One local Ray per test session; each test module starts its own orchestrator in its own namespace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+import orchestrator
+from orchestrator.config import parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray with room for many small actors and two logical GPUs."""
+    ray.init(num_cpus=16, num_gpus=2, include_dashboard=False, log_to_driver=False, namespace="tests")
+    yield
+    ray.shutdown()
+
+
+Start = Callable[..., orchestrator.Orchestrator]
+
+
+@pytest.fixture(scope="module")
+def start_orchestrator(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start]:
+    """Start orchestrators from a ``pools`` mapping; all are shut down when the module ends."""
+    started: list[orchestrator.Orchestrator] = []
+
+    def start(pools: dict[str, Any], base_dir: Path = ROOT, **top: Any) -> orchestrator.Orchestrator:
+        data = {
+            "ray": {"namespace": f"t-{uuid.uuid4().hex[:8]}"},
+            "state_dir": str(tmp_path_factory.mktemp("state")),
+            "pools": pools,
+            **top,
+        }
+        orch = orchestrator.start(parse_config(data, base_dir=base_dir))
+        started.append(orch)
+        return orch
+
+    yield start
+    for orch in started:
+        try:
+            orch.shutdown(drain_s=1.0)
+        except Exception:
+            pass
+
+
+def toolbox(size: int = 1, **overrides: Any) -> dict[str, Any]:
+    """A Toolbox pool spec with small resources."""
+    spec: dict[str, Any] = {
+        "worker": "workers.testing:Toolbox",
+        "size": size,
+        "resources": {"num_cpus": 0.25},
+        "health": {"period_s": 0.5, "timeout_s": 5.0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it is truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def actors(orch: orchestrator.Orchestrator, pool: str) -> list[dict[str, Any]]:
+    """The pool's actor slots as status reports them."""
+    return list(orch.status()[pool]["actors"])
+
+
+def kill_pid(pid: int) -> None:
+    """SIGKILL a process, as the kernel's OOM killer would."""
+    os.kill(pid, signal.SIGKILL)
+
+
+def kill_and_wait_restart(orch: orchestrator.Orchestrator, pool: str, pid: int) -> None:
+    """SIGKILL an actor and wait until the coordinator has replaced it."""
+    kill_pid(pid)
+    wait_until(
+        lambda: all(a["state"] == "ready" and a["pid"] not in (pid, None) for a in actors(orch, pool)),
+        what=f"pool {pool} to replace actor pid {pid}",
+    )

@@ -1,0 +1,82 @@
+"""The worker contract without Ray: @op specs, argument validation, class checks, error wire form."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+import orchestrator
+from orchestrator import Context, Worker, op
+from orchestrator.errors import InvalidArguments, InvalidConfig, OrchestratorError, Overloaded, SessionLost
+from orchestrator.worker import load_worker_class, ops_of
+
+
+class Sample(Worker):
+    def __init__(self, scale: int = 1) -> None:
+        self.scale = scale
+
+    @op
+    def embed(self, texts: list[str], normalize: bool = True) -> int:
+        return len(texts) * self.scale
+
+    @op(session=True)
+    def add(self, ctx: Context, docs: list[str]) -> int:
+        return len(docs)
+
+    @op
+    def gen(self, n: int) -> Any:
+        yield from range(n)
+
+    def helper(self) -> None:
+        """Not an op: not callable from outside."""
+
+
+def test_only_op_methods_are_exposed() -> None:
+    specs = ops_of(Sample)
+    assert set(specs) == {"embed", "add", "gen"}
+    assert specs["add"].session and specs["add"].takes_ctx
+    assert specs["gen"].stream and not specs["embed"].stream
+
+
+def test_validation_names_the_bad_field() -> None:
+    spec = ops_of(Sample)["embed"]
+    with pytest.raises(InvalidArguments) as info:
+        spec.validate({"texts": "not a list"}, pool="retrieval")
+    assert info.value.detail[0]["field"] == "texts"
+    assert info.value.pool == "retrieval" and info.value.op == "embed"
+    with pytest.raises(InvalidArguments, match="bogus: unexpected argument"):
+        spec.validate({"texts": ["a"], "bogus": 1})
+    with pytest.raises(InvalidArguments, match="texts: Field required"):
+        spec.validate({})
+    assert spec.validate({"texts": ["a"]}) == {"texts": ["a"], "normalize": True}
+
+
+def test_load_worker_class_checks_entry_class_and_options() -> None:
+    assert load_worker_class("workers.testing:Toolbox", "p", {"greeting": "yo"}).__name__ == "Toolbox"
+    with pytest.raises(InvalidConfig, match="pools.p.worker: cannot import 'workers.nope'"):
+        load_worker_class("workers.nope:Toolbox", "p", {})
+    with pytest.raises(InvalidConfig, match="has no 'Nope'"):
+        load_worker_class("workers.testing:Nope", "p", {})
+    with pytest.raises(InvalidConfig, match="not a subclass of orchestrator.Worker"):
+        load_worker_class("workers.testing:NotAWorker", "p", {})
+    with pytest.raises(InvalidConfig, match="pools.p.options: .* does not accept"):
+        load_worker_class("workers.testing:Toolbox", "p", {"colour": "red"})
+
+
+def test_errors_round_trip_as_dicts_and_pickles() -> None:
+    error = SessionLost("gone", pool="heavy", op="step", detail={"x": 1})
+    again = OrchestratorError.from_dict(error.to_dict())
+    assert type(again) is SessionLost and again.to_dict() == error.to_dict()
+    unpickled = pickle.loads(pickle.dumps(Overloaded("full", pool="light")))
+    assert isinstance(unpickled, Overloaded) and unpickled.retryable and unpickled.pool == "light"
+    assert SessionLost.http_status == 410 and Overloaded.http_status == 429
+
+
+def test_public_api_is_explicit() -> None:
+    assert {"Worker", "op", "Context", "start", "connect", "OrchestratorError"} <= set(orchestrator.__all__)
+    for name in orchestrator.__all__:
+        assert hasattr(orchestrator, name), name
+    public = {n for n in vars(orchestrator) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(orchestrator.__all__) | {"TYPE_CHECKING"}, public - set(orchestrator.__all__)
