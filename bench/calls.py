@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import uuid
@@ -97,30 +98,53 @@ def latency_rows(name: str, raw: list[float], orch: list[float]) -> list[dict[st
     rows = []
     for label, q in (("p50", 0.50), ("p99", 0.99)):
         r, o = percentile(raw, q) * 1e6, percentile(orch, q) * 1e6
-        rows.append({"name": f"{name} {label}", "unit": "µs", "raw": r, "orchestrator": o, "ratio": o / r,
-                     "goal": f"<= {LATENCY_GOAL}", "meets": o / r <= LATENCY_GOAL})
+        rows.append(
+            {
+                "name": f"{name} {label}",
+                "unit": "µs",
+                "raw": r,
+                "orchestrator": o,
+                "ratio": o / r,
+                "goal": f"<= {LATENCY_GOAL}",
+                "meets": o / r <= LATENCY_GOAL,
+            }
+        )
     return rows
 
 
 def rate_row(name: str, unit: str, raw: list[float], orch: list[float]) -> dict[str, Any]:
     r, o = max(raw), max(orch)
-    return {"name": name, "unit": unit, "raw": r, "orchestrator": o, "ratio": o / r, "goal": f">= {THROUGHPUT_GOAL}",
-            "meets": o / r >= THROUGHPUT_GOAL, "runs": {"raw": raw, "orchestrator": orch}}
+    return {
+        "name": name,
+        "unit": unit,
+        "raw": r,
+        "orchestrator": o,
+        "ratio": o / r,
+        "goal": f">= {THROUGHPUT_GOAL}",
+        "meets": o / r >= THROUGHPUT_GOAL,
+        "runs": {"raw": raw, "orchestrator": orch},
+    }
 
 
 def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str, Any]]:
-    config = parse_config({
-        "ray": {"namespace": namespace},
-        "state_dir": str(state_dir),
-        "pools": {"bench": {
-            "worker": "workers.testing:Toolbox",
-            "size": 1,
-            "resources": {"num_cpus": 1},
-            # call_many keeps every call outstanding at once; the default queue (64) would refuse it.
-            "limits": {"queue": p["pipelined"]},
-            "sessions": {"checkpoint": "never"},
-        }},
-    }, source="bench/calls.py", base_dir=state_dir)
+    config = parse_config(
+        {
+            "ray": {"namespace": namespace},
+            "state_dir": str(state_dir),
+            "pools": {
+                "bench": {
+                    "worker": "workers.testing:Toolbox",
+                    "size": 1,
+                    "resources": {"num_cpus": 1},
+                    # call_many keeps every call outstanding at once; the default queue (64) would refuse it.
+                    "limits": {"queue": p["pipelined"]},
+                    "sessions": {"checkpoint": "never"},
+                }
+            },
+        },
+        source="bench/calls.py",
+        base_dir=state_dir,
+    )
     orch = orchestrator.start(config)
     raw: Any = ray.remote(num_cpus=1)(Raw).remote()
     ray.get(raw.noop.remote())
@@ -128,8 +152,13 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
     try:
         rows += latency_rows(
             "noop call",
-            *paired_latency(lambda: ray.get(raw.noop.remote()), lambda: orch.call("bench", "noop"),
-                            p["calls"], p["warmup"], p["chunk"]),
+            *paired_latency(
+                lambda: ray.get(raw.noop.remote()),
+                lambda: orch.call("bench", "noop"),
+                p["calls"],
+                p["warmup"],
+                p["chunk"],
+            ),
         )
 
         n = p["pipelined"]
@@ -145,8 +174,13 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
         with orch.session("bench") as session:
             rows += latency_rows(
                 "session incr",
-                *paired_latency(lambda: ray.get(raw.incr.remote()), lambda: session.call("incr"),
-                                p["calls"], p["warmup"], p["chunk"]),
+                *paired_latency(
+                    lambda: ray.get(raw.incr.remote()),
+                    lambda: session.call("incr"),
+                    p["calls"],
+                    p["warmup"],
+                    p["chunk"],
+                ),
             )
 
         events = p["events"]
@@ -173,8 +207,15 @@ def show(rows: list[dict[str, Any]], console: Console) -> None:
         table.add_column(column, justify="left" if column in ("measure", "unit", "verdict") else "right")
     for row in rows:
         verdict = "[green]meets goal[/]" if row["meets"] else "[red]misses goal[/]"
-        table.add_row(row["name"], row["unit"], f"{row['raw']:,.1f}", f"{row['orchestrator']:,.1f}",
-                      f"{row['ratio']:.2f}", row["goal"], verdict)
+        table.add_row(
+            row["name"],
+            row["unit"],
+            f"{row['raw']:,.1f}",
+            f"{row['orchestrator']:,.1f}",
+            f"{row['ratio']:.2f}",
+            row["goal"],
+            verdict,
+        )
     console.print(table)
 
 
@@ -184,7 +225,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "calls.json")
     args = parser.parse_args()
     p = params(args.quick)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 110)  # don't wrap the table when piped
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     ray.init(num_cpus=4, include_dashboard=False, namespace=namespace, log_to_driver=False)
     try:
@@ -197,10 +238,16 @@ def main() -> None:
         "benchmark": "calls",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
-                    "platform": platform.platform(), "ray_num_cpus": 4},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+            "platform": platform.platform(),
+            "ray_num_cpus": 4,
+        },
         "goals": {"latency_ratio_max": LATENCY_GOAL, "throughput_ratio_min": THROUGHPUT_GOAL},
         "params": p,
+        "anchor": "plain @ray.remote(num_cpus=1) actor vs a pool of one WorkerHost (num_cpus=1)",
         "results": rows,
         "all_goals_met": all(row["meets"] for row in rows),
     }

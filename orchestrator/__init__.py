@@ -1,6 +1,6 @@
 """Supervised pools of Ray actors for ML workloads.
 
-    from orchestrator import start, Worker, op, Context
+from orchestrator import start, Worker, op, Context
 """
 
 from orchestrator.api import Orchestrator, Session, Stream, connect, start
@@ -48,8 +48,8 @@ __all__ = [
     "Stream",
     "Timeout",
     "Unauthorized",
-    "WorkerCrashed",
     "Worker",
+    "WorkerCrashed",
     "connect",
     "load_config",
     "op",

@@ -47,9 +47,11 @@ def start(config: str | Path | Config = "pools.yaml", **ray_init: Any) -> Orches
             if cfg.ray.num_gpus is not None:
                 kwargs["num_gpus"] = cfg.ray.num_gpus
         ray.init(**{**kwargs, **ray_init})
-    coordinator = coordinator_class().options(
-        name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached"
-    ).remote(cfg.model_dump())
+    coordinator = (
+        coordinator_class()
+        .options(name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached")
+        .remote(cfg.model_dump())
+    )
     ok, value = ray.get(coordinator.apply.remote())
     if not ok:
         ray.get(coordinator.shutdown.remote(0.0))
@@ -235,8 +237,8 @@ class Stream:
         if self.session is not None:
             with self.session.lock:
                 seq = next(self.session.seqs)
-                return method.remote(self.op, self.args, sid, seq, router.caller, self.call_id)  # type: ignore[no-any-return]
-        return method.remote(self.op, self.args, None, None, router.caller, self.call_id)  # type: ignore[no-any-return]
+                return method.remote(self.op, self.args, sid, seq, router.caller, self.call_id)
+        return method.remote(self.op, self.args, None, None, router.caller, self.call_id)
 
     def __iter__(self) -> Stream:
         return self

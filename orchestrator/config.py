@@ -17,11 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.errors import InvalidConfig
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-    "t": 1000**4, "tb": 1000**4,
-    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
-    "ti": 1024**4, "tib": 1024**4,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -75,12 +88,18 @@ class Resources(_Model):
 class Limits(_Model):
     """Limits each actor enforces on itself."""
 
-    max_memory: int | None = Field(None, description="Recycle the actor after the current call past this RSS (e.g. 4GiB).")
+    max_memory: int | None = Field(
+        None, description="Recycle the actor after the current call past this RSS (e.g. 4GiB)."
+    )
     max_calls: int | None = Field(None, ge=1, description="Recycle the actor after this many calls.")
     call_timeout_s: float | None = Field(None, gt=0, description="A call running longer gets `timeout`.")
     concurrency: int = Field(1, ge=1, description="Ops one actor runs at once.")
-    queue: int = Field(64, ge=0, description="Calls waiting per pool (per caller) beyond the running ones; past it, `overloaded`.")
-    stream_buffer: int = Field(16, ge=1, description="Stream events an op may run ahead of a slow consumer (backpressure).")
+    queue: int = Field(
+        64, ge=0, description="Calls waiting per pool (per caller) beyond the running ones; past it, `overloaded`."
+    )
+    stream_buffer: int = Field(
+        16, ge=1, description="Stream events an op may run ahead of a slow consumer (backpressure)."
+    )
 
     _bytes = field_validator("max_memory", mode="before")(lambda v: None if v is None else parse_bytes(v))
 
@@ -96,13 +115,17 @@ class Health(_Model):
     """The health ping the coordinator sends each actor."""
 
     period_s: float = Field(2.0, gt=0, description="Seconds between pings.")
-    timeout_s: float = Field(10.0, gt=0, description="A ping unanswered this long marks the actor hung; it is replaced.")
+    timeout_s: float = Field(
+        10.0, gt=0, description="A ping unanswered this long marks the actor hung; it is replaced."
+    )
 
 
 class Sessions(_Model):
     """Stateful sessions pinned to one actor."""
 
-    per_worker: int = Field(0, ge=0, description="Sessions one actor holds at most (0 = no limit; 1 = a session owns its actor).")
+    per_worker: int = Field(
+        0, ge=0, description="Sessions one actor holds at most (0 = no limit; 1 = a session owns its actor)."
+    )
     idle_timeout_s: float | None = Field(None, gt=0, description="Close a session unused this long.")
     ttl_s: float | None = Field(None, gt=0, description="Close a session this long after it opened.")
     checkpoint: Literal["after_call", "explicit", "never"] = Field(
@@ -124,7 +147,9 @@ class Pool(_Model):
     health: Health = Field(default_factory=Health, description="Health ping.")
     sessions: Sessions = Field(default_factory=Sessions, description="Session policy.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the worker's constructor.")
-    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables set in the pool's actors.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables set in the pool's actors."
+    )
 
     @field_validator("worker")
     @classmethod
@@ -227,9 +252,7 @@ def _check_paths(config: Config, source: str) -> None:
             if not (folder / "requirements.txt").is_file():
                 raise InvalidConfig(f"{source}: pools.{name}.env: {folder} has no requirements.txt", pool=name)
         if pool.py_executable is not None and not Path(pool.py_executable).is_file():
-            raise InvalidConfig(
-                f"{source}: pools.{name}.py_executable: {pool.py_executable} does not exist", pool=name
-            )
+            raise InvalidConfig(f"{source}: pools.{name}.py_executable: {pool.py_executable} does not exist", pool=name)
 
 
 def parse_config(data: Any, source: str = "pools.yaml", base_dir: str | Path = ".") -> Config:

@@ -10,6 +10,7 @@ loop catches and logs its own failure: the loop never dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import time
@@ -51,6 +52,12 @@ class Coordinator:
         self.changed: asyncio.Condition | None = None
         self.loop_task: asyncio.Task[None] | None = None
         self.stopping = False
+        self.tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop only keeps weak ones
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # ------------------------------------------------------------ start-up
     async def apply(self) -> Envelope:
@@ -93,17 +100,21 @@ class Coordinator:
             options["resources"] = dict(spec.resources.custom)
         env_file = str(Path(env_dir, "requirements.txt")) if env_dir else None
         slot.state, slot.reason, slot.since = "starting", None, time.time()
-        slot.handle = actor_class().options(**options).remote(
-            pool.name,
-            slot.index,
-            slot.gen,
-            spec.model_dump(),
-            self.namespace,
-            COORDINATOR_NAME,
-            env_file,
-            self.config.debug,
+        slot.handle = (
+            actor_class()
+            .options(**options)
+            .remote(
+                pool.name,
+                slot.index,
+                slot.gen,
+                spec.model_dump(),
+                self.namespace,
+                COORDINATOR_NAME,
+                env_file,
+                self.config.debug,
+            )
         )
-        asyncio.create_task(self._await_ready(pool, slot, slot.gen))
+        self._spawn(self._await_ready(pool, slot, slot.gen))
 
     async def _await_ready(self, pool: PoolState, slot: ActorSlot, gen: int) -> None:
         try:
@@ -165,15 +176,16 @@ class Coordinator:
         for slot in pool.slots:
             if slot.state in ("starting", "pending") and time.time() - slot.since > PENDING_AFTER_S:
                 reason = pending_reason(pool.resource_request(), _nodes())
-                slot.state, slot.reason = ("pending", reason) if reason else ("starting", "building env or initializing")
+                waiting = ("pending", reason) if reason else ("starting", "building env or initializing")
+                slot.state, slot.reason = waiting
             if slot.state == "ready" and not slot.pinging and now - slot.last_ping >= pool.spec.health.period_s:
                 slot.pinging = True
-                asyncio.create_task(self._ping(pool, slot, slot.gen))
+                self._spawn(self._ping(pool, slot, slot.gen))
 
     async def _ping(self, pool: PoolState, slot: ActorSlot, gen: int) -> None:
         try:
             slot.stats = await asyncio.wait_for(_as_future(slot.handle.ping.remote()), pool.spec.health.timeout_s)
-        except (asyncio.TimeoutError, GetTimeoutError):
+        except (TimeoutError, GetTimeoutError):
             if slot.gen == gen and slot.state == "ready":
                 pool.counters["hung"] += 1
                 ray.kill(slot.handle, no_restart=True)
@@ -192,9 +204,8 @@ class Coordinator:
         await self._bump()
         if not pool.intensity.allow():
             spec = pool.spec.restart
-            await self._fail_pool(
-                pool, f"restart intensity exceeded: more than {spec.max_restarts} restarts in {spec.within_s:g}s; last: {reason}"
-            )
+            why = f"restart intensity exceeded: more than {spec.max_restarts} restarts in {spec.within_s:g}s"
+            await self._fail_pool(pool, f"{why}; last: {reason}")
             return
         pool.counters["restarts"] += 1
         slot.gen += 1
@@ -281,10 +292,8 @@ class Coordinator:
         if record is None:
             return False, SessionNotFound(f"no open session {session_id}").to_dict()
         slot = self.pools[record["pool"]].slots[record["slot"]]
-        try:
+        with contextlib.suppress(RayActorError):
             await slot.handle.close_session.remote(session_id, reason)
-        except RayActorError:
-            pass
         self.store.close_session(session_id, reason)
         self.store.delete_checkpoint(f"session:{session_id}")
         await self._bump()
@@ -329,10 +338,8 @@ class Coordinator:
         """The routing table, or None if it is still ``known_version`` after ``wait_s`` (long poll)."""
         if known_version == self.version and wait_s > 0 and self.changed is not None:
             async with self.changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait_for(lambda: self.version != known_version), wait_s)
-                except asyncio.TimeoutError:
-                    pass
         if known_version == self.version:
             return None
         return self._table()

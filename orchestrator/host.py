@@ -471,4 +471,4 @@ def _empty_cuda_cache() -> None:
 
 def actor_class() -> Any:
     """The WorkerHost as a Ray actor class (admin methods in their own thread group)."""
-    return ray.remote(concurrency_groups={ADMIN: 4})(WorkerHost)
+    return ray.remote(concurrency_groups={ADMIN: 4})(WorkerHost)  # type: ignore[call-overload]

@@ -129,7 +129,5 @@ def pending_reason(request: dict[str, float], nodes: list[dict[str, dict[str, fl
 
 def choose_session_slot(slots: list[ActorSlot], counts: dict[int, int], per_worker: int) -> ActorSlot | None:
     """The ready slot with the fewest sessions that still has room (``per_worker`` 0 = no limit)."""
-    candidates = [
-        s for s in slots if s.state == "ready" and (per_worker == 0 or counts.get(s.index, 0) < per_worker)
-    ]
+    candidates = [s for s in slots if s.state == "ready" and (per_worker == 0 or counts.get(s.index, 0) < per_worker)]
     return min(candidates, key=lambda s: counts.get(s.index, 0), default=None)

@@ -84,9 +84,7 @@ class Router:
         """Block until the table changes or ``deadline`` (monotonic) passes."""
         version = self.table["version"]
         with self.cond:
-            self.cond.wait_for(
-                lambda: self.table["version"] != version, timeout=max(0.0, deadline - time.monotonic())
-            )
+            self.cond.wait_for(lambda: self.table["version"] != version, timeout=max(0.0, deadline - time.monotonic()))
 
     def pool(self, name: str) -> dict[str, Any]:
         """A pool's routing entry; raises pool_not_found / pool_unavailable."""
@@ -196,7 +194,9 @@ class Router:
                         retried = True
                         exclude.add(actor["actor_id"])
                         continue
-                    raise WorkerCrashed(f"the actor running this call died: {_first_line(exc)}", pool=pool, op=op) from None
+                    raise WorkerCrashed(
+                        f"the actor running this call died: {_first_line(exc)}", pool=pool, op=op
+                    ) from None
             finally:
                 self.release(pool, actor)
             if not ok and value.get("code") == RECYCLING:
@@ -249,7 +249,7 @@ class Router:
                     message = await asyncio.wait_for(_awaitable(step[1]), step[2])
                 else:
                     await asyncio.to_thread(self.wait_change, step[1])
-            except (asyncio.TimeoutError, RayActorError) as exc:
+            except (TimeoutError, RayActorError) as exc:
                 error = TimeoutError() if isinstance(exc, asyncio.TimeoutError) else exc
 
     def close(self) -> None:

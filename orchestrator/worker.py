@@ -114,7 +114,7 @@ def _build_spec(method: Callable[..., Any], *, session: bool, idempotent: bool) 
         fields[name] = (annotation, default)
     model = None
     if fields:
-        model = create_model(  # type: ignore[call-overload]
+        model = create_model(
             f"{method.__name__}_args",
             __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
             **fields,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -48,10 +49,8 @@ def start_orchestrator(ray_cluster: None, tmp_path_factory: pytest.TempPathFacto
 
     yield start
     for orch in started:
-        try:
+        with contextlib.suppress(Exception):  # already shut down by the test
             orch.shutdown(drain_s=1.0)
-        except Exception:
-            pass
 
 
 def toolbox(size: int = 1, **overrides: Any) -> dict[str, Any]:

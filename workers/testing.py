@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,9 @@ class Toolbox(Worker):
         ctx.checkpoint()
 
     @op
-    def ticker(self, ctx: Context, n: int, interval: float = 0.0, fail_at: int = -1, mark: str = "") -> int:
+    def ticker(
+        self, ctx: Context, n: int, interval: float = 0.0, fail_at: int = -1, mark: str = ""
+    ) -> Generator[dict[str, int], None, int]:
         """Yield ``{"i": i}`` n times; return n. ``mark``: a file recording how many were produced."""
         for i in range(n):
             if i == fail_at:
@@ -144,7 +146,7 @@ class Toolbox(Worker):
         return n
 
     @op
-    async def aticker(self, n: int) -> Any:
+    async def aticker(self, n: int) -> AsyncIterator[dict[str, int]]:
         """An async generator op."""
         for i in range(n):
             await asyncio.sleep(0)

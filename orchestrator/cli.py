@@ -1,0 +1,222 @@
+"""The ``orchestrator`` command: up, down, status, call, sessions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import OrchestratorError
+
+console = Console()
+
+
+def _human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(value)
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    """Pools and their actors as a rich table."""
+    table = Table(title="pools")
+    for column in (
+        "pool",
+        "state",
+        "actor",
+        "actor state",
+        "pid",
+        "calls",
+        "in flight",
+        "sessions",
+        "restarts",
+        "memory",
+    ):
+        table.add_column(column)
+    for pool in status.values():
+        reason = f" ({pool['reason']})" if pool["reason"] else ""
+        for i, actor in enumerate(pool["actors"]):
+            table.add_row(
+                pool["name"] if i == 0 else "",
+                (pool["state"] + reason) if i == 0 else "",
+                actor["name"],
+                actor["state"] + (f": {actor['reason']}" if actor["reason"] else ""),
+                str(actor["pid"] or "-"),
+                str(actor["calls"]),
+                str(actor["inflight"]),
+                str(actor["sessions"]),
+                str(actor["restarts"]),
+                _human_bytes(actor["rss"]),
+            )
+    return table
+
+
+def _dashboard_url() -> str | None:
+    from ray._private import worker
+
+    node = getattr(worker.global_worker, "node", None)
+    url = node.address_info.get("webui_url") if node is not None else None
+    return f"http://{url}" if url and not str(url).startswith("http") else url
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start Ray, the coordinator and the pools; block until Ctrl-C or SIGTERM, then shut down cleanly."""
+    import ray
+
+    from orchestrator.api import start
+    from orchestrator.config import load_config
+
+    config = load_config(args.config)
+    if args.address:
+        config.ray.address = args.address
+    console.print(f"starting {len(config.pools)} pool(s) from {args.config} (env builds can take a while)...")
+    with console.status("starting pools"):
+        orch = start(config)
+    console.print(status_table(orch.status()))
+    dashboard = _dashboard_url()
+    if dashboard:
+        console.print(f"Ray dashboard: {dashboard}")
+    console.print(f"Ray namespace: {orch.namespace}  (Ctrl-C or `orchestrator down` stops everything)")
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"]:
+        time.sleep(0.5)
+        try:
+            ray.get_actor("coordinator", namespace=orch.namespace)
+        except ValueError:
+            console.print("the orchestrator was stopped (orchestrator down)")
+            if orch.owns_ray:
+                ray.shutdown()
+            return 0
+    console.print("shutting down: draining calls and checkpointing sessions...")
+    summary = orch.shutdown()
+    console.print(
+        f"stopped {summary['actors_stopped']} actor(s), checkpointed {summary['sessions_checkpointed']} session(s)"
+    )
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from orchestrator.api import connect
+
+    return connect(args.address or "auto", namespace=args.namespace)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Drain and stop a running orchestrator."""
+    orch = _connect(args)
+    summary = orch.shutdown()
+    console.print(
+        f"stopped {summary['actors_stopped']} actor(s), checkpointed {summary['sessions_checkpointed']} session(s)"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show pools, actors, state, sessions, restarts and memory."""
+    status = _connect(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        console.print(status_table(status))
+    return 0
+
+
+def parse_arguments(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OrchestratorError.from_dict(
+                {"code": "invalid_arguments", "message": f"expected key=value, got {pair!r}"}
+            )
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Call an op; a streaming op prints its events as they come."""
+    orch = _connect(args)
+    arguments = parse_arguments(args.args)
+    info = orch.router.check_op(args.pool, args.op)
+    if info["stream"]:
+        stream = orch.stream(args.pool, args.op, **arguments)
+        for event in stream:
+            print(json.dumps(event, default=str), flush=True)
+        print(json.dumps({"result": stream.result}, default=str))
+    else:
+        print(json.dumps(orch.call(args.pool, args.op, **arguments), default=str))
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """List open sessions."""
+    sessions = _connect(args).sessions(args.pool)
+    table = Table(title="sessions")
+    for column in ("id", "pool", "actor slot", "age (s)", "ttl (s)"):
+        table.add_column(column)
+    for s in sessions:
+        table.add_row(s["id"], s["pool"], str(s["slot"]), f"{time.time() - s['created']:.0f}", str(s["ttl_s"] or "-"))
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every command has --help)."""
+    parser = argparse.ArgumentParser(prog="orchestrator", description="Supervised pools of Ray actors.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
+        p.set_defaults(fn=fn)
+        p.add_argument("--address", default=None, help="Ray cluster address (default: the local one)")
+        if name != "up":
+            p.add_argument("--namespace", default="orchestrator", help="Ray namespace of the orchestrator")
+        return p
+
+    up = add("up", cmd_up)
+    up.add_argument("--config", default="pools.yaml", help="pools file (default: pools.yaml)")
+    add("down", cmd_down)
+    status = add("status", cmd_status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    call = add("call", cmd_call)
+    call.add_argument("pool")
+    call.add_argument("op")
+    call.add_argument("args", nargs="*", help="key=value arguments (values may be JSON)")
+    sessions = add("sessions", cmd_sessions)
+    sessions.add_argument("--pool", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``orchestrator`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except OrchestratorError as exc:
+        console.print(f"[red]error[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
