@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 
 from orchestrator.config import Config, load_config
 from orchestrator.coordinator import COORDINATOR_NAME, coordinator_class
+from orchestrator.envs import check_py_executable, requirements
 from orchestrator.errors import OrchestratorError, PoolUnavailable, WorkerCrashed
 from orchestrator.host import RECYCLING
 from orchestrator.router import LOCAL, WAIT_FOR_ACTOR_S, Router, _unwrap
@@ -33,7 +34,9 @@ def start(config: str | Path | Config = "pools.yaml", **ray_init: Any) -> Orches
     """
     cfg = config if isinstance(config, Config) else load_config(config)
     for name, pool in cfg.pools.items():
-        if cfg.env_dir(name) is None and pool.py_executable is None:
+        if pool.py_executable is not None:
+            check_py_executable(pool.py_executable, name)
+        elif not requirements(cfg.env_dir(name)):
             load_worker_class(pool.worker, name, pool.options)  # same env as ours: fail fast
     owns_ray = not ray.is_initialized()
     if owns_ray:

@@ -6,10 +6,15 @@ requirements file run in the orchestrator's own environment.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from orchestrator.config import Pool
+from orchestrator.errors import InvalidConfig
 
 
 def requirements(env_dir: Path | None) -> list[str]:
@@ -34,3 +39,18 @@ def runtime_env(spec: Pool, env_dir: Path | None) -> dict[str, Any]:
         if spec.env_manager == "pip":
             env["pip"]["pip_check"] = False
     return env
+
+
+def check_py_executable(path: str, pool: str) -> None:
+    """A prebuilt virtualenv must hold the same Python minor version and Ray version as ours."""
+    probe = "import sys, ray; print(f'{sys.version_info[0]}.{sys.version_info[1]} {ray.__version__}')"
+    try:
+        out = subprocess.run([path, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InvalidConfig(f"pools.{pool}.py_executable: {path} cannot import ray: {exc}", pool=pool) from None
+    want = f"{sys.version_info[0]}.{sys.version_info[1]} {ray.__version__}"
+    if out.strip() != want:
+        raise InvalidConfig(
+            f"pools.{pool}.py_executable: {path} has Python/Ray {out.strip()!r}, the orchestrator has {want!r}",
+            pool=pool,
+        )

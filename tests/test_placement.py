@@ -57,3 +57,16 @@ def test_start_and_connect(start_orchestrator: Start) -> None:
     other = orchestrator.connect(namespace=orch.namespace)
     assert other.call("c", "echo", value="via connect") == "via connect"
     other.close()
+
+
+def test_prebuilt_py_executable_is_checked_and_used(start_orchestrator: Start, tmp_path: object) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bare = Path(str(tmp_path)) / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    with pytest.raises(errors.InvalidConfig, match=r"pools.isolated.py_executable: .* cannot import ray"):
+        start_orchestrator({"isolated": toolbox(py_executable=str(bare / "bin" / "python"))})
+    orch = start_orchestrator({"same": toolbox(py_executable=sys.executable)})
+    assert orch.call("same", "echo", value="prebuilt") == "prebuilt"
