@@ -6,6 +6,7 @@ other pools exactly as a driver script does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -19,9 +20,10 @@ from ray.exceptions import RayActorError
 from orchestrator.config import Config, load_config
 from orchestrator.coordinator import COORDINATOR_NAME, coordinator_class
 from orchestrator.envs import check_py_executable, requirements
-from orchestrator.errors import OrchestratorError, PoolUnavailable, WorkerCrashed
+from orchestrator.errors import Overloaded, PoolUnavailable, WorkerCrashed
 from orchestrator.host import RECYCLING
-from orchestrator.router import LOCAL, WAIT_FOR_ACTOR_S, Router, _unwrap
+from orchestrator.router import LOCAL, WAIT_FOR_ACTOR_S, Router, unwrap
+from orchestrator.types import Failure, Final
 from orchestrator.worker import load_worker_class
 
 
@@ -55,13 +57,13 @@ def start(config: str | Path | Config = "pools.yaml", **ray_init: Any) -> Orches
         .options(name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached")
         .remote(cfg.model_dump())
     )
-    ok, value = ray.get(coordinator.apply.remote())
-    if not ok:
+    outcome = ray.get(coordinator.apply.remote())
+    if isinstance(outcome, Failure):
         ray.get(coordinator.shutdown.remote(0.0))
         ray.kill(coordinator)
         if owns_ray:
             ray.shutdown()
-        raise OrchestratorError.from_dict(value)
+        unwrap(outcome)
     return Orchestrator(coordinator, cfg.ray.namespace, owns_ray=owns_ray)
 
 
@@ -113,30 +115,50 @@ class Orchestrator:
         return await self.router.arun(self.router.call_steps(pool, op, args, timeout=_timeout))
 
     def call_many(self, pool: str, op: str, calls: list[dict[str, Any]]) -> list[Any]:
-        """Run many calls of one op concurrently (pipelined); results in order. The first error raises."""
+        """Run many calls of one op concurrently; results in order. The first error raises.
+
+        Calls are pipelined within the pool's bound on outstanding calls, so a
+        batch larger than the queue waits for room instead of being refused.
+        """
         router = self.router
         router.check_op(pool, op)
-        submitted: list[tuple[dict[str, Any] | None, Any, dict[str, Any]]] = []
-        for args in calls:
-            actor = router.pick(pool, set())
-            if not isinstance(actor, dict):  # inline (own pool) or restarting: go one by one
-                submitted.append((None, None, args))
-                continue
-            router.acquire(pool, actor)
-            submitted.append((actor, actor["handle"].call.remote(op, args, None, None, router.caller, ""), args))
-        results = []
-        for actor, ref, args in submitted:
-            if actor is None:
-                results.append(self.call(pool, op, **args))
-                continue
-            try:
-                ok, value = ray.get(ref)
-            except RayActorError as exc:
-                raise WorkerCrashed(f"the actor running this call died: {exc}", pool=pool, op=op) from None
-            finally:
+        results: list[Any] = [None] * len(calls)
+        inflight: dict[Any, tuple[int, dict[str, Any]]] = {}
+        pending = list(enumerate(calls))[::-1]
+        try:
+            while pending or inflight:
+                while pending:
+                    try:
+                        actor = router.pick(pool, set())
+                    except Overloaded:
+                        if not inflight:
+                            raise
+                        break  # full: collect some answers first
+                    index, args = pending.pop()
+                    if not isinstance(actor, dict):  # inline (own pool) or restarting: the one-call path
+                        results[index] = self.call(pool, op, **args)
+                        continue
+                    router.acquire(pool, actor)
+                    ref = actor["handle"].call.remote((op, args, None, None, router.caller, ""))
+                    inflight[ref] = (index, actor)
+                if not inflight:
+                    continue
+                done, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
+                if not done:
+                    done, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in done:
+                    index, actor = inflight.pop(ref)
+                    router.release(pool, actor)
+                    try:
+                        value = ray.get(ref)
+                    except RayActorError as exc:
+                        raise WorkerCrashed(f"the actor running call {index} died: {exc}", pool=pool, op=op) from None
+                    if isinstance(value, Failure) and value.code == RECYCLING:
+                        value = self.call(pool, op, **calls[index])
+                    results[index] = unwrap(value)
+        finally:
+            for _, actor in inflight.values():
                 router.release(pool, actor)
-            recycled = not ok and value.get("code") == RECYCLING
-            results.append(self.call(pool, op, **args) if recycled else _unwrap(ok, value))
         return results
 
     def stream(self, pool: str, op: str, /, **args: Any) -> Stream:
@@ -146,8 +168,7 @@ class Orchestrator:
     def session(self, pool: str, ttl_s: float | None = None) -> Session:
         """Open a session pinned to one actor of ``pool`` (a context manager that closes it)."""
         self.router.pool(pool)
-        ok, record = ray.get(self.coordinator.create_session.remote(pool, ttl_s))
-        return Session(self, _unwrap(ok, record))
+        return Session(self, unwrap(ray.get(self.coordinator.create_session.remote(pool, ttl_s))))
 
     # ------------------------------------------------------------ shutdown
     def shutdown(self, drain_s: float = 30.0) -> dict[str, Any]:
@@ -207,7 +228,8 @@ class Stream:
     """Events of one streaming call. Iterate it; then ``result`` is the op's return value.
 
     An error in the op is raised (as OrchestratorError) after the events it
-    yielded. Closing early (or leaving a ``with`` block) cancels the op.
+    yielded. Closing early (or leaving a ``with`` block, or dropping the
+    stream) cancels the op.
     """
 
     def __init__(self, router: Router, pool: str, op: str, args: dict[str, Any], session: Session | None = None):
@@ -216,6 +238,7 @@ class Stream:
         self.done = False
         self.events = 0
         self.actor: dict[str, Any] | None = None
+        self.local = False
         self.call_id = router.new_call_id()
         router.check_op(pool, op)
         self.items: Iterator[Any] = self._open(set())
@@ -223,13 +246,13 @@ class Stream:
     def _open(self, exclude: set[str]) -> Iterator[Any]:
         router = self.router
         sid = self.session.id if self.session else None
-        for _ in range(2):  # allow one wait for a restarting actor
-            target = router._target(self.pool, self.session, exclude)
-            if target == LOCAL:
-                return iter(router.local_host.stream(self.op, self.args, sid, inline=True))
-            if target is not None:
-                break
+        target = router._target(self.pool, self.session, exclude)
+        if target is None:
             router.wait_change(time.monotonic() + WAIT_FOR_ACTOR_S)
+            target = router._target(self.pool, self.session, exclude)
+        if target == LOCAL:
+            self.local = True
+            return iter(router.local_host.stream((self.op, self.args, sid, None, "", self.call_id), True))
         if target is None:
             raise PoolUnavailable(f"no ready actor in pool {self.pool!r}", pool=self.pool, op=self.op)
         assert isinstance(target, dict)
@@ -237,11 +260,11 @@ class Stream:
         router.acquire(self.pool, target)
         buffer = router.pool(self.pool)["limits"]["stream_buffer"]
         method = target["handle"].stream.options(num_returns="streaming", _generator_backpressure_num_objects=buffer)
-        if self.session is not None:
-            with self.session.lock:
-                seq = next(self.session.seqs)
-                return method.remote(self.op, self.args, sid, seq, router.caller, self.call_id)
-        return method.remote(self.op, self.args, None, None, router.caller, self.call_id)
+        if self.session is None:
+            return method.remote((self.op, self.args, None, None, router.caller, self.call_id))
+        with self.session.lock:
+            seq = next(self.session.seqs)
+            return method.remote((self.op, self.args, sid, seq, router.caller, self.call_id))
 
     def __iter__(self) -> Stream:
         return self
@@ -251,29 +274,30 @@ class Stream:
             raise StopIteration
         try:
             item = next(self.items)
-            kind, value = item if isinstance(item, tuple) else ray.get(item)
+            if not self.local:
+                item = ray.get(item)
         except StopIteration:
             self._finish()
-            raise OrchestratorError.from_dict(
-                {"code": "worker_crashed", "message": "stream ended without a result", "pool": self.pool, "op": self.op}
-            ) from None
+            raise WorkerCrashed("the stream ended without a result", pool=self.pool, op=self.op) from None
         except RayActorError as exc:
-            self._finish()
             if self.actor is not None:
                 self.router.report_dead(self.pool, self.actor, self.session.slot if self.session else None)
+            self._finish()
             raise WorkerCrashed(f"the actor running this stream died: {exc}", pool=self.pool, op=self.op) from None
-        if kind == "event":
-            self.events += 1
-            return value
-        if kind == "error" and value.get("code") == RECYCLING and self.events == 0 and self.actor is not None:
-            self._release()
-            self.items = self._open({self.actor["actor_id"]})
-            return next(self)
-        self._finish()
-        if kind == "result":
-            self.result = value
+        if isinstance(item, Final):
+            self._finish()
+            self.result = item.value
             raise StopIteration
-        raise OrchestratorError.from_dict(value)
+        if isinstance(item, Failure):
+            if item.code == RECYCLING and self.events == 0 and self.actor is not None:
+                exclude = {self.actor["actor_id"]}
+                self._release()
+                self.items = self._open(exclude)
+                return next(self)
+            self._finish()
+            unwrap(item)
+        self.events += 1
+        return item
 
     def collect(self) -> tuple[list[Any], Any]:
         """All events and the result."""
@@ -302,3 +326,8 @@ class Stream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # A stream dropped half-read must not keep its op running or its slot counted.
+        with contextlib.suppress(Exception):
+            self.close()

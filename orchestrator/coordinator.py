@@ -26,6 +26,7 @@ from orchestrator.envs import runtime_env
 from orchestrator.errors import InvalidConfig, Overloaded, PoolNotFound, PoolUnavailable, SessionNotFound
 from orchestrator.host import actor_class
 from orchestrator.pools import ActorSlot, PoolState, choose_session_slot, pending_reason
+from orchestrator.types import Failure
 
 log = logging.getLogger("orchestrator.coordinator")
 
@@ -33,8 +34,6 @@ COORDINATOR_NAME = "coordinator"
 TICK_S = 0.25
 PENDING_AFTER_S = 1.0
 DRAIN_S = 30.0
-
-Envelope = tuple[bool, Any]
 
 
 class Coordinator:
@@ -60,7 +59,7 @@ class Coordinator:
         task.add_done_callback(self.tasks.discard)
 
     # ------------------------------------------------------------ start-up
-    async def apply(self) -> Envelope:
+    async def apply(self) -> Any:
         """Start every pool; return once each actor is ready, pending for resources, or failed."""
         self.changed = asyncio.Condition()
         for name, spec in self.config.pools.items():
@@ -79,8 +78,8 @@ class Coordinator:
         failed = {p.name: p.reason for p in self.pools.values() if p.state == "failed"}
         if failed:
             message = "; ".join(f"pool {name!r}: {why}" for name, why in failed.items())
-            return False, InvalidConfig(message, pool=next(iter(failed)), detail=failed).to_dict()
-        return True, self.status()
+            return Failure(InvalidConfig(message, pool=next(iter(failed)), detail=failed).to_dict())
+        return self.status()
 
     def _launch(self, pool: PoolState, slot: ActorSlot) -> None:
         spec = pool.spec
@@ -257,19 +256,21 @@ class Coordinator:
         self._launch(pool, slot)
 
     # ------------------------------------------------------------- sessions
-    async def create_session(self, pool_name: str, ttl_s: float | None = None) -> Envelope:
+    async def create_session(self, pool_name: str, ttl_s: float | None = None) -> Any:
         """Open a session on the least-loaded actor with room; returns its record."""
         pool = self.pools.get(pool_name)
         if pool is None:
-            return False, PoolNotFound(f"no pool {pool_name!r}", pool=pool_name).to_dict()
+            return Failure(PoolNotFound(f"no pool {pool_name!r}", pool=pool_name).to_dict())
         if pool.state != "running":
-            return False, PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool_name).to_dict()
+            return Failure(PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool_name).to_dict())
         slot = choose_session_slot(pool.slots, self._session_counts(pool_name), pool.spec.sessions.per_worker)
         if slot is None:
-            return False, Overloaded(
-                f"every actor holds its {pool.spec.sessions.per_worker} session(s); close one or add actors",
-                pool=pool_name,
-            ).to_dict()
+            return Failure(
+                Overloaded(
+                    f"every actor holds its {pool.spec.sessions.per_worker} session(s); close one or add actors",
+                    pool=pool_name,
+                ).to_dict()
+            )
         sid = uuid.uuid4().hex
         record = {
             "id": sid,
@@ -284,27 +285,27 @@ class Coordinator:
         self.sessions[sid] = record
         self.store.put_session(record)
         await self._bump()
-        return True, {k: record[k] for k in ("id", "pool", "slot", "created", "ttl_s")}
+        return {k: record[k] for k in ("id", "pool", "slot", "created", "ttl_s")}
 
-    async def close_session(self, session_id: str, reason: str = "closed by client") -> Envelope:
+    async def close_session(self, session_id: str, reason: str = "closed by client") -> Any:
         """Close a session and drop its state and checkpoint."""
         record = self.sessions.pop(session_id, None)
         if record is None:
-            return False, SessionNotFound(f"no open session {session_id}").to_dict()
+            return Failure(SessionNotFound(f"no open session {session_id}").to_dict())
         slot = self.pools[record["pool"]].slots[record["slot"]]
         with contextlib.suppress(RayActorError):
             await slot.handle.close_session.remote(session_id, reason)
         self.store.close_session(session_id, reason)
         self.store.delete_checkpoint(f"session:{session_id}")
         await self._bump()
-        return True, None
+        return None
 
-    def get_session(self, session_id: str) -> Envelope:
+    def get_session(self, session_id: str) -> Any:
         """One open session's record."""
         record = self.sessions.get(session_id)
         if record is None:
-            return False, SessionNotFound(f"no open session {session_id}").to_dict()
-        return True, dict(record)
+            return Failure(SessionNotFound(f"no open session {session_id}").to_dict())
+        return dict(record)
 
     def list_sessions(self, pool_name: str | None = None) -> list[dict[str, Any]]:
         """Open sessions, optionally of one pool."""

@@ -3,8 +3,8 @@
 It is a threaded actor: ops run on Ray's executor threads (no extra hop), with
 ``limits.concurrency`` of them at once; admin methods (ping, cancel, session
 admin, drain) run in their own concurrency group so a busy or stuck op never
-starves the health check. Calls return an envelope ``(ok, value_or_error_dict)``
-so errors cross the process boundary as data, not as wrapped tracebacks.
+starves the health check. A failed op returns a ``Failure`` holding the error dict,
+so errors cross the process boundary as data (a ``Failure``), not as wrapped tracebacks.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from orchestrator.errors import (
     SessionLost,
     SessionNotFound,
 )
+from orchestrator.types import Failure, Final, Request
 from orchestrator.worker import Context, OpSpec, Worker, load_worker_class, ops_of
 
 # Internal answer of a host that is draining: the router retries elsewhere (the op never ran).
@@ -183,54 +184,16 @@ class WorkerHost:
                 traceback.print_exc()
 
     # ------------------------------------------------------------------ ops
-    def call(
-        self,
-        op: str,
-        args: dict[str, Any],
-        session: str | None = None,
-        seq: int | None = None,
-        caller: str = "",
-        call_id: str = "",
-        inline: bool = False,
-    ) -> tuple[bool, Any]:
-        """Run a plain op; returns ``(True, result)`` or ``(False, error_dict)``."""
-        spec: OpSpec | None = None
-        admitted = False
-        try:
-            self._admit(session, inline)
-            admitted = True
-            spec = self._spec(op)
-            with self._turn(session, seq, caller, inline) as ctx_state:
-                args = self._validate(spec, args, session)
-                ctx = self._context(spec, session, call_id, ctx_state)
-                try:
-                    if spec.stream:  # a streaming op called plainly: its events are dropped
-                        result = None
-                        for kind, value in self._run_stream(spec, args, ctx):
-                            if kind == "result":
-                                result = value
-                    else:
-                        result = self._run(spec, args, ctx)
-                    self._after_session_call(session)
-                finally:
-                    self.running.pop(call_id, None)
-            return True, result
-        except BaseException as exc:
-            return False, self._error(exc, spec, op)
-        finally:
-            self._after_call(admitted)
+    def call(self, request: Request, inline: bool = False) -> Any:
+        """Run an op; returns its result, or a Failure. A streaming op's events are dropped."""
+        outcome: Any = None
+        for item in self.stream(request, inline):
+            outcome = item
+        return outcome.value if isinstance(outcome, Final) else outcome
 
-    def stream(
-        self,
-        op: str,
-        args: dict[str, Any],
-        session: str | None = None,
-        seq: int | None = None,
-        caller: str = "",
-        call_id: str = "",
-        inline: bool = False,
-    ) -> Iterator[tuple[str, Any]]:
-        """Run an op as a stream of ``("event", x)`` items ending in ``("result", v)`` or ``("error", e)``."""
+    def stream(self, request: Request, inline: bool = False) -> Iterator[Any]:
+        """Run an op as a stream: its events, then ``Final(result)`` or ``Failure(error)``."""
+        op, args, session, seq, caller, call_id = request
         spec: OpSpec | None = None
         admitted = False
         try:
@@ -244,14 +207,14 @@ class WorkerHost:
                     if spec.stream:
                         yield from self._run_stream(spec, args, ctx)
                     else:
-                        yield ("result", self._run(spec, args, ctx))
+                        yield Final(self._run(spec, args, ctx))
                     self._after_session_call(session)
                 finally:
                     self.running.pop(call_id, None)
         except GeneratorExit:
             raise
         except BaseException as exc:
-            yield ("error", self._error(exc, spec, op))
+            yield Failure(self._error(exc, spec, op))
         finally:
             self._after_call(admitted)
 
@@ -314,7 +277,7 @@ class WorkerHost:
                 _empty_cuda_cache()
                 args = {**args, "batch_size": batch // 2}
 
-    def _run_stream(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Iterator[tuple[str, Any]]:
+    def _run_stream(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Iterator[Any]:
         assert self.worker is not None
         kwargs = {**args, "ctx": ctx} if spec.takes_ctx else args
         gen = getattr(self.worker, spec.name)(**kwargs)
@@ -326,21 +289,21 @@ class WorkerHost:
                         item = asyncio.run_coroutine_threadsafe(gen.__anext__(), loop).result()
                     except StopAsyncIteration:
                         break
-                    yield ("event", item)
+                    yield item
             finally:
                 asyncio.run_coroutine_threadsafe(gen.aclose(), loop).result()
-            yield ("result", None)
+            yield Final(None)
             return
         try:
             while True:
                 try:
                     item = next(gen)
                 except StopIteration as stop:
-                    yield ("result", stop.value)
+                    yield Final(stop.value)
                     return
                 if ctx.cancelled:
                     return
-                yield ("event", item)
+                yield item
         finally:
             gen.close()
 

@@ -34,6 +34,7 @@ from orchestrator.errors import (
     WorkerCrashed,
 )
 from orchestrator.host import RECYCLING
+from orchestrator.types import Failure
 
 log = logging.getLogger("orchestrator.router")
 
@@ -166,8 +167,7 @@ class Router:
         while True:
             actor = self._target(pool, session, exclude)
             if actor is LOCAL:
-                ok, value = self.local_host.call(op, args, session.id if session else None, inline=True)
-                return _unwrap(ok, value)
+                return unwrap(self.local_host.call((op, args, session.id if session else None, None, "", ""), True))
             if actor is None:
                 if time.monotonic() >= wait_deadline:
                     raise PoolUnavailable(f"no ready actor in pool {pool!r}", pool=pool, op=op)
@@ -178,13 +178,14 @@ class Router:
             self.acquire(pool, actor)
             try:
                 if session is not None:
-                    with session.lock:
-                        seq = next(session.seqs)
-                        ref = actor["handle"].call.remote(op, args, session.id, seq, self.caller, call_id)
+                    with session.lock:  # the sequence number and the submission go together
+                        ref = actor["handle"].call.remote(
+                            (op, args, session.id, next(session.seqs), self.caller, call_id)
+                        )
                 else:
-                    ref = actor["handle"].call.remote(op, args, None, None, self.caller, call_id)
+                    ref = actor["handle"].call.remote((op, args, None, None, self.caller, call_id))
                 try:
-                    ok, value = yield ("get", ref, limit)
+                    value = yield ("get", ref, limit)
                 except (GetTimeoutError, TimeoutError):
                     actor["handle"].cancel.remote(call_id)
                     raise Timeout(f"no answer within {limit:g}s (call_timeout_s)", pool=pool, op=op) from None
@@ -199,12 +200,12 @@ class Router:
                     ) from None
             finally:
                 self.release(pool, actor)
-            if not ok and value.get("code") == RECYCLING:
+            if isinstance(value, Failure) and value.code == RECYCLING:
                 exclude.add(actor["actor_id"])
                 if session is not None:
                     yield ("wait", wait_deadline)
                 continue
-            return _unwrap(ok, value)
+            return unwrap(value)
 
     def _target(self, pool: str, session: Any, exclude: set[str]) -> dict[str, Any] | str | None:
         if session is None:
@@ -261,10 +262,11 @@ async def _awaitable(ref: Any) -> Any:
     return await ref
 
 
-def _unwrap(ok: bool, value: Any) -> Any:
-    if ok:
-        return value
-    raise OrchestratorError.from_dict(value)
+def unwrap(value: Any) -> Any:
+    """A host's answer: the result, or its Failure raised as the matching OrchestratorError."""
+    if isinstance(value, Failure):
+        raise OrchestratorError.from_dict(value.error)
+    return value
 
 
 def _slot_of(entry: dict[str, Any], actor: dict[str, Any]) -> int | None:

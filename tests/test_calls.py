@@ -145,3 +145,17 @@ def test_start_fails_naming_the_pool_for_a_bad_worker(start_orchestrator: Start)
 def test_start_fails_naming_the_pool_when_the_constructor_raises(start_orchestrator: Start) -> None:
     with pytest.raises(errors.InvalidConfig, match="pools.boom: worker constructor failed: .*fail in the constructor"):
         start_orchestrator({"boom": toolbox(options={"fail_init": True}), "fine": toolbox()})
+
+
+def test_call_many_larger_than_the_queue_waits_for_room(orch: orchestrator.Orchestrator) -> None:
+    # tiny admits 2 outstanding calls; a batch of 20 is pipelined within that bound, not refused.
+    assert orch.call_many("tiny", "echo", [{"value": i} for i in range(20)]) == list(range(20))
+
+
+def test_failed_batches_do_not_leak_queue_room(orch: orchestrator.Orchestrator) -> None:
+    for _ in range(3):
+        with pytest.raises(errors.OpFailed):
+            orch.call_many("tiny", "fail", [{"message": "x"}] * 3)
+    # Had the batch leaked its outstanding counts, tiny's bound of 2 would now refuse this.
+    assert orch.call_many("tiny", "echo", [{"value": 1}, {"value": 2}]) == [1, 2]
+    assert orch.call("tiny", "echo", value=3) == 3

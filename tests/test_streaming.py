@@ -72,3 +72,19 @@ def test_stream_in_session_and_bad_arguments(orch: orchestrator.Orchestrator) ->
         list(orch.stream("s", "ticker", n="many"))
     with pytest.raises(errors.OpNotFound):
         orch.stream("s", "nope")
+
+
+def test_dropped_stream_cancels_the_op_and_frees_its_slot(start_orchestrator: Start, tmp_path: Path) -> None:
+    import gc
+
+    orch = start_orchestrator({"one": toolbox(size=1, limits={"queue": 0})})  # bound: 1 outstanding call
+    mark = tmp_path / "produced"
+    stream = orch.stream("one", "ticker", n=100_000, interval=0.01, mark=str(mark))
+    next(stream)
+    del stream
+    gc.collect()
+    time.sleep(0.5)
+    stopped_at = int(mark.read_text())
+    time.sleep(0.5)
+    assert int(mark.read_text()) == stopped_at
+    assert orch.call("one", "echo", value="room", _timeout=2.0) == "room"

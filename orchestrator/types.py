@@ -1,0 +1,41 @@
+"""Shared aliases and the small markers that travel between callers and actors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = Any
+Args = dict[str, Any]
+
+# What a caller sends a WorkerHost, as ONE Ray argument (each extra Ray argument
+# costs ~40 us to serialize): op, args, session id, session sequence, caller id, call id.
+Request = tuple[str, Args, str | None, int | None, str, str]
+
+
+class Final:
+    """The last item of a stream: the op's return value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Final, (self.value,))
+
+
+class Failure:
+    """What a host returns instead of a result when the op failed: the error as a dict."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Failure, (self.error,))
+
+    @property
+    def code(self) -> str:
+        """The error's code."""
+        return str(self.error.get("code"))
