@@ -8,6 +8,9 @@ Run from the repository root (with the project's venv active):
 
 One local Ray (4 logical CPUs) holds both sides: a pool "bench" of one
 ``workers.testing:Toolbox`` actor (num_cpus=1) and one raw Ray actor (num_cpus=1).
+Two anchors: a bare no-argument call / unbounded stream (the raw floor), and the
+same Ray work the orchestrator must do (one request argument per call, a stream
+with the same backpressure window), which isolates the orchestrator's own cost.
 Latencies are measured in alternating chunks so drift hits both sides alike;
 rates are the best of a few alternating repeats. Ratios are orchestrator / raw.
 """
@@ -45,6 +48,9 @@ class Raw:
 
     def noop(self) -> None:
         pass
+
+    def dispatch(self, request: tuple[Any, ...]) -> None:
+        """A no-op that, like WorkerHost.call, receives one request tuple (Ray charges per argument)."""
 
     def incr(self, by: int = 1) -> int:
         self.count += by
@@ -136,8 +142,6 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
                     "worker": "workers.testing:Toolbox",
                     "size": 1,
                     "resources": {"num_cpus": 1},
-                    # call_many keeps every call outstanding at once; the default queue (64) would refuse it.
-                    "limits": {"queue": p["pipelined"]},
                     "sessions": {"checkpoint": "never"},
                 }
             },
@@ -161,6 +165,18 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
             ),
         )
 
+        request = ("noop", {}, None, None, "", "")
+        rows += latency_rows(
+            "noop call vs raw(request)",
+            *paired_latency(
+                lambda: ray.get(raw.dispatch.remote(request)),
+                lambda: orch.call("bench", "noop"),
+                p["calls"],
+                p["warmup"],
+                p["chunk"],
+            ),
+        )
+
         n = p["pipelined"]
 
         def raw_many() -> int:
@@ -170,6 +186,15 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
             return len(orch.call_many("bench", "noop", [{}] * n))
 
         rows.append(rate_row("pipelined noop", "calls/s", *paired_rate(raw_many, orch_many, p["repeats"])))
+
+        def raw_many_requests() -> int:
+            return len(ray.get([raw.dispatch.remote(request) for _ in range(n)]))
+
+        rows.append(
+            rate_row(
+                "pipelined noop vs raw(request)", "calls/s", *paired_rate(raw_many_requests, orch_many, p["repeats"])
+            )
+        )
 
         with orch.session("bench") as session:
             rows += latency_rows(
@@ -196,6 +221,20 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
             return count
 
         rows.append(rate_row("stream events", "events/s", *paired_rate(raw_stream, orch_stream, p["repeats"])))
+        buffer = config.pools["bench"].limits.stream_buffer
+
+        def raw_stream_backpressured() -> int:
+            options = {"num_returns": "streaming", "_generator_backpressure_num_objects": buffer}
+            gen = raw.ticker.options(**options).remote(events)
+            return sum(1 for ref in gen if ray.get(ref) is not None)
+
+        rows.append(
+            rate_row(
+                f"stream events vs raw(backpressure {buffer})",
+                "events/s",
+                *paired_rate(raw_stream_backpressured, orch_stream, p["repeats"]),
+            )
+        )
     finally:
         orch.shutdown(drain_s=5.0)
     return rows

@@ -98,7 +98,7 @@ class Limits(_Model):
         64, ge=0, description="Calls waiting per pool (per caller) beyond the running ones; past it, `overloaded`."
     )
     stream_buffer: int = Field(
-        16, ge=1, description="Stream events an op may run ahead of a slow consumer (backpressure)."
+        256, ge=1, description="Stream events an op may run ahead of a slow consumer (backpressure)."
     )
 
     _bytes = field_validator("max_memory", mode="before")(lambda v: None if v is None else parse_bytes(v))
