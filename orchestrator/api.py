@@ -6,13 +6,14 @@ other pools exactly as a driver script does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import ray
 from ray.exceptions import RayActorError
@@ -27,12 +28,17 @@ from orchestrator.types import Failure, Final
 from orchestrator.worker import load_worker_class
 
 
-def start(config: str | Path | Config = "pools.yaml", **ray_init: Any) -> Orchestrator:
+def start(
+    config: str | Path | Config = "pools.yaml",
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    **ray_init: Any,
+) -> Orchestrator:
     """Start Ray (embedded unless ``ray.address`` is set), the coordinator and every pool.
 
     Returns once each actor is ready or pending for resources. A bad pool
     (unimportable worker, bad options, failing constructor, env build error)
     raises InvalidConfig naming the pool, and nothing is left running.
+    ``on_progress`` gets the pools' status about twice a second while they start.
     """
     cfg = config if isinstance(config, Config) else load_config(config)
     for name, pool in cfg.pools.items():
@@ -57,7 +63,10 @@ def start(config: str | Path | Config = "pools.yaml", **ray_init: Any) -> Orches
         .options(name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached")
         .remote(cfg.model_dump())
     )
-    outcome = ray.get(coordinator.apply.remote())
+    applying = coordinator.apply.remote()
+    while on_progress is not None and not ray.wait([applying], timeout=0.5)[0]:
+        on_progress(ray.get(coordinator.status.remote()))
+    outcome = ray.get(applying)
     if isinstance(outcome, Failure):
         ray.get(coordinator.shutdown.remote(0.0))
         ray.kill(coordinator)
@@ -239,11 +248,12 @@ class Stream:
         self.events = 0
         self.actor: dict[str, Any] | None = None
         self.local = False
+        self.exclude: set[str] = set()  # actors that answered "draining" before any event
         self.call_id = router.new_call_id()
         router.check_op(pool, op)
-        self.items: Iterator[Any] = self._open(set())
+        self.items: Any = None  # opened on first read: the op starts when someone listens
 
-    def _open(self, exclude: set[str]) -> Iterator[Any]:
+    def _open(self, exclude: set[str]) -> Any:
         router = self.router
         sid = self.session.id if self.session else None
         target = router._target(self.pool, self.session, exclude)
@@ -270,34 +280,64 @@ class Stream:
         return self
 
     def __next__(self) -> Any:
-        if self.done:
-            raise StopIteration
-        try:
-            item = next(self.items)
-            if not self.local:
-                item = ray.get(item)
-        except StopIteration:
-            self._finish()
+        while not self.done:
+            if self.items is None:
+                self.items = self._open(self.exclude)
+            try:
+                item = next(self.items)
+                if not self.local:
+                    item = ray.get(item)
+            except BaseException as exc:
+                self._fail(exc)
+            if self._take(item):
+                return item
+        raise StopIteration
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        """Async iteration (the gateway): awaits each event without blocking the loop."""
+        while not self.done:
+            if self.items is None:
+                self.items = await asyncio.to_thread(self._open, self.exclude)
+            try:
+                item = next(self.items) if self.local else await (await self.items.__anext__())
+            except StopAsyncIteration:
+                self._fail(StopIteration())
+            except BaseException as exc:
+                self._fail(exc)
+            if self._take(item):
+                return item
+        raise StopAsyncIteration
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """The transport ended or broke before the op's Final/Failure."""
+        if isinstance(exc, RayActorError) and self.actor is not None:
+            self.router.report_dead(self.pool, self.actor, self.session.slot if self.session else None)
+        self._finish()
+        if isinstance(exc, StopIteration):
             raise WorkerCrashed("the stream ended without a result", pool=self.pool, op=self.op) from None
-        except RayActorError as exc:
-            if self.actor is not None:
-                self.router.report_dead(self.pool, self.actor, self.session.slot if self.session else None)
-            self._finish()
+        if isinstance(exc, RayActorError):
             raise WorkerCrashed(f"the actor running this stream died: {exc}", pool=self.pool, op=self.op) from None
+        raise exc
+
+    def _take(self, item: Any) -> bool:
+        """True for an event to hand out; handles Final, Failure and a draining actor."""
         if isinstance(item, Final):
             self._finish()
             self.result = item.value
-            raise StopIteration
+            return False
         if isinstance(item, Failure):
             if item.code == RECYCLING and self.events == 0 and self.actor is not None:
-                exclude = {self.actor["actor_id"]}
+                self.exclude.add(self.actor["actor_id"])
                 self._release()
-                self.items = self._open(exclude)
-                return next(self)
+                self.items = None  # reopened on another actor by the loop
+                return False
             self._finish()
             unwrap(item)
         self.events += 1
-        return item
+        return True
 
     def collect(self) -> tuple[list[Any], Any]:
         """All events and the result."""

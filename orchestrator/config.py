@@ -164,6 +164,18 @@ class Pool(_Model):
         return {"min": value, "max": value} if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class GatewayOptions(_Model):
+    """The HTTP gateway."""
+
+    host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires a token.")
+    port: int = Field(8000, ge=0, le=65535, description="Port (0 picks a free one).")
+    token: str | None = Field(None, description="Bearer token every route but /healthz requires.")
+    max_body: int = Field(16 * 1024**2, ge=1, description="Request body limit, e.g. 16MiB; larger bodies get 413.")
+
+    _bytes = field_validator("max_body", mode="before")(lambda v: parse_bytes(v))
+    _empty_is_none = field_validator("token", mode="before")(lambda v: v or None)
+
+
 class RayOptions(_Model):
     """How the orchestrator reaches Ray."""
 
@@ -183,6 +195,7 @@ class Config(_Model):
     state_dir: str = Field(".orchestrator", description="Where the durable store lives (SQLite, checkpoints).")
     start_timeout_s: float = Field(600.0, gt=0, description="How long start-up waits for actors (env builds included).")
     debug: bool = Field(False, description="Include tracebacks in op_failed errors.")
+    gateway: GatewayOptions = Field(default_factory=GatewayOptions, description="The HTTP gateway.")
     pools: dict[str, Pool] = Field(default_factory=dict, description="The pools, by name.")
     base_dir: str = Field(".", description="Folder pools.yaml was read from (set by the loader).")
 

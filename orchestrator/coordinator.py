@@ -388,7 +388,7 @@ class Coordinator:
                 "size": pool.spec.size.model_dump(),
                 "actors": [s.status(counts.get(s.index, 0)) for s in pool.slots],
                 "sessions": sum(counts.values()),
-                "ops": sorted(pool.ops),
+                "ops": pool.ops,
                 **pool.counters,
                 "events": list(pool.events),
             }
