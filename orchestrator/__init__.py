@@ -4,6 +4,7 @@ from orchestrator import start, Worker, op, Context
 """
 
 from orchestrator.api import Orchestrator, Session, Stream, connect, start
+from orchestrator.client import AsyncClient, Client
 from orchestrator.config import Config, load_config
 from orchestrator.errors import (
     DependencyMissing,
@@ -27,6 +28,8 @@ from orchestrator.errors import (
 from orchestrator.worker import Context, Worker, op
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Config",
     "Context",
     "DependencyMissing",

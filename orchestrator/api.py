@@ -315,11 +315,13 @@ class Stream:
         """The transport ended or broke before the op's Final/Failure."""
         if isinstance(exc, RayActorError) and self.actor is not None:
             self.router.report_dead(self.pool, self.actor, self.session.slot if self.session else None)
-        self._finish()
         if isinstance(exc, StopIteration):
+            self._finish()
             raise WorkerCrashed("the stream ended without a result", pool=self.pool, op=self.op) from None
         if isinstance(exc, RayActorError):
+            self._finish()
             raise WorkerCrashed(f"the actor running this stream died: {exc}", pool=self.pool, op=self.op) from None
+        self.close()  # interrupted (cancelled task, Ctrl-C): the op must stop too
         raise exc
 
     def _take(self, item: Any) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from typing import Any
@@ -70,45 +69,73 @@ def _dashboard_url() -> str | None:
     return f"http://{url}" if url and not str(url).startswith("http") else url
 
 
+def progress_table(status: dict[str, Any]) -> Table:
+    """Pools while they start: each actor's state and why it waits (env build, resources)."""
+    table = Table(title="starting pools")
+    for column in ("pool", "state", "actor", "actor state"):
+        table.add_column(column)
+    for pool in status.values():
+        for i, actor in enumerate(pool["actors"]):
+            why = f": {actor['reason']}" if actor["reason"] else ""
+            table.add_row(
+                pool["name"] if i == 0 else "", pool["state"] if i == 0 else "", actor["name"], actor["state"] + why
+            )
+    return table
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start Ray, the coordinator and the pools; block until Ctrl-C or SIGTERM, then shut down cleanly."""
-    import ray
+    """Start Ray (or join --address), the pools and the HTTP gateway; Ctrl-C or SIGTERM drains and stops."""
+    from rich.live import Live
 
     from orchestrator.api import start
     from orchestrator.config import load_config
+    from orchestrator.gateway import check_bind, serve
 
     config = load_config(args.config)
-    if args.address:
-        config.ray.address = args.address
-    console.print(f"starting {len(config.pools)} pool(s) from {args.config} (env builds can take a while)...")
-    with console.status("starting pools"):
-        orch = start(config)
+    gateway = config.gateway
+    config.ray.address = args.address or config.ray.address
+    host, port = args.host or gateway.host, gateway.port if args.port is None else args.port
+    check_bind(host, gateway.token)  # refuse before starting anything
+    console.print(f"starting {len(config.pools)} pool(s) from {args.config}")
+    with Live(console=console, refresh_per_second=2, transient=True) as live:
+        orch = start(config, on_progress=lambda status: live.update(progress_table(status)))
     console.print(status_table(orch.status()))
     dashboard = _dashboard_url()
     if dashboard:
         console.print(f"Ray dashboard: {dashboard}")
-    console.print(f"Ray namespace: {orch.namespace}  (Ctrl-C or `orchestrator down` stops everything)")
-    stop = {"now": False}
 
-    def on_signal(signum: int, frame: Any) -> None:
-        stop["now"] = True
+    def ready(url: str) -> None:
+        console.print(f"gateway: {url}  (docs: {url}/docs; Ctrl-C or `orchestrator down` stops everything)")
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"]:
-        time.sleep(0.5)
-        try:
-            ray.get_actor("coordinator", namespace=orch.namespace)
-        except ValueError:
-            console.print("the orchestrator was stopped (orchestrator down)")
-            if orch.owns_ray:
-                ray.shutdown()
-            return 0
-    console.print("shutting down: draining calls and checkpointing sessions...")
-    summary = orch.shutdown()
-    console.print(
-        f"stopped {summary['actors_stopped']} actor(s), checkpointed {summary['sessions_checkpointed']} session(s)"
-    )
+    try:
+        serve(orch, host=host, port=port, token=gateway.token, max_body=gateway.max_body, on_ready=ready)
+    finally:
+        console.print("shutting down: draining calls and checkpointing sessions...")
+        summary = orch.shutdown()
+        console.print(
+            f"stopped {summary['actors_stopped']} actor(s), checkpointed {summary['sessions_checkpointed']} session(s)"
+        )
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Serve only the HTTP gateway for an orchestrator already running on a Ray cluster."""
+    import os
+
+    from orchestrator.api import connect
+    from orchestrator.gateway import check_bind, serve
+
+    token = os.environ.get("ORCHESTRATOR_TOKEN") or None
+    check_bind(args.host, token)
+    orch = connect(args.address or "auto", namespace=args.namespace)
+
+    def ready(url: str) -> None:
+        console.print(f"gateway: {url}", highlight=False)
+
+    try:
+        serve(orch, host=args.host, port=args.port, token=token, max_body=args.max_body, on_ready=ready)
+    finally:
+        orch.close()
     return 0
 
 
@@ -190,12 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
         p.set_defaults(fn=fn)
         p.add_argument("--address", default=None, help="Ray cluster address (default: the local one)")
-        if name != "up":
+        if name == "gateway":
             p.add_argument("--namespace", default="orchestrator", help="Ray namespace of the orchestrator")
         return p
 
     up = add("up", cmd_up)
     up.add_argument("--config", default="pools.yaml", help="pools file (default: pools.yaml)")
+    up.add_argument("--host", default=None, help="gateway bind address (default: gateway.host, 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, help="gateway port (default: gateway.port, 8000)")
+    gateway = add("gateway", cmd_gateway)
+    gateway.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs ORCHESTRATOR_TOKEN)")
+    gateway.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    gateway.add_argument("--max-body", type=int, default=16 * 1024**2, help="request body limit in bytes")
     add("down", cmd_down)
     status = add("status", cmd_status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")

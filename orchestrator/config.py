@@ -65,7 +65,7 @@ class Size(_Model):
     """How many actors the pool runs."""
 
     min: int = Field(1, ge=0, description="Actors started with the pool and kept alive.")
-    max: int | None = Field(None, ge=1, description="Upper bound (defaults to min); reserved for scaling.")
+    max: int | None = Field(None, ge=0, description="Upper bound (defaults to min); reserved for scaling.")
 
     @model_validator(mode="after")
     def _max_not_below_min(self) -> Size:

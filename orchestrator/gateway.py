@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +34,7 @@ from orchestrator.errors import (
     Unauthorized,
 )
 from orchestrator.router import unwrap
+from orchestrator.sse import sse_message
 
 OPEN_PATHS = {"/healthz"}
 SSE = "text/event-stream"
@@ -111,7 +112,31 @@ class SessionCreate(BaseModel):
     ttl_s: float | None = Field(None, gt=0, description="Close the session this long after it opens.")
 
 
-ArgsBody = Body(default=None, description="The op's keyword arguments as a JSON object.")
+# Op bodies are parsed by hand (any content type, clear errors naming the body), so document them here.
+OP_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": "The op's keyword arguments as a JSON object.",
+        "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+    }
+}
+
+
+async def op_arguments(request: Request, pool: str | None, op: str) -> dict[str, Any]:
+    """The JSON object body of an op call ({} when empty); malformed or non-object bodies are 422."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        args = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        detail = [{"field": "body", "message": f"not valid JSON: {exc}"}]
+        raise InvalidArguments(f"body: not valid JSON: {exc}", pool=pool, op=op, detail=detail) from None
+    if not isinstance(args, dict):
+        message = f"expected a JSON object of the op's arguments, got {type(args).__name__}"
+        detail = [{"field": "body", "message": message}]
+        raise InvalidArguments(f"body: {message}", pool=pool, op=op, detail=detail)
+    return args
 
 
 def create_app(
@@ -158,10 +183,11 @@ def create_app(
             orch.router.pool(pool)  # raises pool_not_found with the known pools
         return _with_queue(orch, status[pool])
 
-    @app.post("/v1/pools/{pool}/ops/{op}", tags=["ops"])
-    async def call_op(pool: str, op: str, request: Request, args: dict[str, Any] | None = ArgsBody) -> Response:
+    @app.post("/v1/pools/{pool}/ops/{op}", tags=["ops"], openapi_extra=OP_BODY)
+    async def call_op(pool: str, op: str, request: Request) -> Response:
         """Run an op. With ``Accept: text/event-stream`` a streaming op answers Server-Sent Events."""
-        return await _run(orch, pool, op, args or {}, None, request)
+        orch.router.check_op(pool, op)
+        return await _run(orch, pool, op, await op_arguments(request, pool, op), None, request)
 
     @app.post("/v1/sessions", tags=["sessions"], status_code=201)
     async def open_session(body: SessionCreate) -> dict[str, Any]:
@@ -188,17 +214,16 @@ def create_app(
         unwrap(await coordinator.close_session.remote(session_id))
         return {"id": session_id, "closed": True}
 
-    @app.post("/v1/sessions/{session_id}/ops/{op}", tags=["sessions"])
-    async def call_session_op(
-        session_id: str, op: str, request: Request, args: dict[str, Any] | None = ArgsBody
-    ) -> Response:
+    @app.post("/v1/sessions/{session_id}/ops/{op}", tags=["sessions"], openapi_extra=OP_BODY)
+    async def call_session_op(session_id: str, op: str, request: Request) -> Response:
         """Run an op inside a session (in order with the session's other calls)."""
         session = sessions.get(session_id)
         if session is None:
             record = unwrap(await coordinator.get_session.remote(session_id))
             session = sessions.setdefault(session_id, Session(orch, record))
+        args = await op_arguments(request, session.pool, op)
         try:
-            return await _run(orch, session.pool, op, args or {}, session, request)
+            return await _run(orch, session.pool, op, args, session, request)
         except SessionNotFound:
             sessions.pop(session_id, None)
             raise
@@ -247,24 +272,20 @@ def _json_result(value: Any, pool: str, op: str) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _sse_message(event_id: int, event: str, data: Any) -> str:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
-
-
 async def _sse(stream: Stream, first: list[Any]) -> AsyncIterator[str]:
     """Events, then ``result`` or ``error``. A client that goes away cancels the op (finally)."""
     n = 0
     try:
         for event in first:
             n += 1
-            yield _sse_message(n, "event", event)
+            yield sse_message(n, "event", event)
         if first:
             async for event in stream:
                 n += 1
-                yield _sse_message(n, "event", event)
-        yield _sse_message(n + 1, "result", {"result": stream.result})
+                yield sse_message(n, "event", event)
+        yield sse_message(n + 1, "result", {"result": stream.result})
     except OrchestratorError as exc:
-        yield _sse_message(n + 1, "error", {"error": exc.to_dict()})
+        yield sse_message(n + 1, "error", {"error": exc.to_dict()})
     finally:
         stream.close()
 

@@ -100,6 +100,8 @@ class Router:
     def check_op(self, pool: str, op: str) -> dict[str, Any]:
         """The op's description; raises op_not_found."""
         ops = self.pool(pool)["ops"]
+        if not ops:  # no actor has started yet, so the ops are unknown: the call waits for one
+            return {"name": op, "session": False, "stream": False, "idempotent": False, "params": {}}
         if op not in ops:
             raise OpNotFound(f"pool {pool!r} has no op {op!r} (ops: {', '.join(sorted(ops))})", pool=pool, op=op)
         return ops[op]

@@ -97,3 +97,56 @@ def kill_and_wait_restart(orch: orchestrator.Orchestrator, pool: str, pid: int) 
         lambda: all(a["state"] == "ready" and a["pid"] not in (pid, None) for a in actors(orch, pool)),
         what=f"pool {pool} to replace actor pid {pid}",
     )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class GatewayProcess:
+    """``orchestrator gateway`` in a subprocess (a real uvicorn) against an orchestrator on the test Ray."""
+
+    def __init__(self, namespace: str, token: str | None = None, extra: list[str] | None = None) -> None:
+        import subprocess
+        import sys
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_TOKEN"}
+        if token:
+            env["ORCHESTRATOR_TOKEN"] = token
+        address = ray.get_runtime_context().gcs_address
+        command = [sys.executable, "-m", "orchestrator", "gateway", "--address", address, "--namespace", namespace]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *(extra or [])],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                raise AssertionError(f"gateway exited with {self.process.returncode}: {output}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout=60, what="gateway to answer /healthz")
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except Exception:
+            self.process.kill()

@@ -110,6 +110,11 @@ class Toolbox(Worker):
             raise _fake_cuda_oom()
         return batch_size
 
+    @op
+    def oom(self) -> None:
+        """Raise a CUDA-style OOM (an op without batch_size: no retry, -> gpu_oom)."""
+        raise _fake_cuda_oom()
+
     @op(session=True)
     def incr(self, ctx: Context, by: int = 1) -> int:
         """Add to this session's counter; returns the new value."""
