@@ -16,8 +16,6 @@ from orchestrator.client import (
     EVENT_STREAM,
     AsyncClient,
     Client,
-    ServerSentEvent,
-    SSEDecoder,
     Steps,
     backoff_delay,
     decode_error,
@@ -33,6 +31,7 @@ from orchestrator.errors import (
     PoolUnavailable,
     Unauthorized,
 )
+from orchestrator.sse import ServerSentEvent, SSEDecoder
 
 URL = "http://gw.test:8000"
 POOL = {
