@@ -11,9 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import InvalidArguments, OrchestratorError
 
-console = Console()
+# Piped output is read by scripts and tests: never truncate it to an 80-column guess.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _human_bytes(value: int | None) -> str:
@@ -28,28 +29,18 @@ def _human_bytes(value: int | None) -> str:
 
 
 def status_table(status: dict[str, Any]) -> Table:
-    """Pools and their actors as a rich table."""
+    """Pools and their actors as a rich table: a heading row per pool, then its actors."""
     table = Table(title="pools")
-    for column in (
-        "pool",
-        "state",
-        "actor",
-        "actor state",
-        "pid",
-        "calls",
-        "in flight",
-        "sessions",
-        "restarts",
-        "memory",
-    ):
-        table.add_column(column)
+    for column in ("actor", "state", "pid", "calls", "busy", "sessions", "restarts", "memory"):
+        table.add_column(column, overflow="fold")
     for pool in status.values():
-        reason = f" ({pool['reason']})" if pool["reason"] else ""
-        for i, actor in enumerate(pool["actors"]):
+        reason = f": {pool['reason']}" if pool["reason"] else ""
+        queue = f", queued {pool['queued']}" if pool.get("queued") else ""
+        heading = f"{pool['name']} ({pool['state']}{reason}; {pool['sessions']} session(s){queue})"
+        table.add_row(f"[bold]{heading}[/bold]", end_section=False)
+        for actor in pool["actors"]:
             table.add_row(
-                pool["name"] if i == 0 else "",
-                (pool["state"] + reason) if i == 0 else "",
-                actor["name"],
+                f"  {actor['name']}",
                 actor["state"] + (f": {actor['reason']}" if actor["reason"] else ""),
                 str(actor["pid"] or "-"),
                 str(actor["calls"]),
@@ -139,29 +130,31 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace) -> Any:
-    from orchestrator.api import connect
+def _client(args: argparse.Namespace) -> Any:
+    from orchestrator.client import Client
 
-    return connect(args.address or "auto", namespace=args.namespace)
+    client = Client.from_env()
+    if args.url:
+        client = Client(args.url, token=client.token)
+    return client
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    """Drain and stop a running orchestrator."""
-    orch = _connect(args)
-    summary = orch.shutdown()
-    console.print(
-        f"stopped {summary['actors_stopped']} actor(s), checkpointed {summary['sessions_checkpointed']} session(s)"
-    )
+    """Ask the running server to drain, checkpoint sessions and stop (it exits when done)."""
+    with _client(args) as client:
+        client.shutdown()
+    console.print(f"asked the orchestrator at {client.url} to shut down")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show pools, actors, state, sessions, restarts and memory."""
-    status = _connect(args).status()
+    """Show pools, actors, state, sessions, queue, restarts and memory."""
+    with _client(args) as client:
+        pools = client.pools()
     if args.json:
-        print(json.dumps(status, indent=2, default=str))
+        print(json.dumps(pools, indent=2, default=str))
     else:
-        console.print(status_table(status))
+        console.print(status_table({p["name"]: p for p in pools}))
     return 0
 
 
@@ -171,9 +164,7 @@ def parse_arguments(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise OrchestratorError.from_dict(
-                {"code": "invalid_arguments", "message": f"expected key=value, got {pair!r}"}
-            )
+            raise InvalidArguments(f"expected key=value, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -182,23 +173,24 @@ def parse_arguments(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    """Call an op; a streaming op prints its events as they come."""
-    orch = _connect(args)
+    """Call an op (key=value arguments, JSON values accepted); a streaming op prints events as they come."""
     arguments = parse_arguments(args.args)
-    info = orch.router.check_op(args.pool, args.op)
-    if info["stream"]:
-        stream = orch.stream(args.pool, args.op, **arguments)
-        for event in stream:
-            print(json.dumps(event, default=str), flush=True)
-        print(json.dumps({"result": stream.result}, default=str))
-    else:
-        print(json.dumps(orch.call(args.pool, args.op, **arguments), default=str))
+    with _client(args) as client:
+        ops = client.pool(args.pool)["ops"]
+        if args.op in ops and ops[args.op]["stream"]:
+            with client.stream(args.pool, args.op, **arguments) as stream:
+                for event in stream:
+                    print(json.dumps(event, default=str), flush=True)
+            print(json.dumps({"result": stream.result}, default=str))
+        else:
+            print(json.dumps(client.call(args.pool, args.op, **arguments), default=str))
     return 0
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List open sessions."""
-    sessions = _connect(args).sessions(args.pool)
+    with _client(args) as client:
+        sessions = client.sessions(args.pool)
     table = Table(title="sessions")
     for column in ("id", "pool", "actor slot", "age (s)", "ttl (s)"):
         table.add_column(column)
@@ -216,9 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
         p.set_defaults(fn=fn)
-        p.add_argument("--address", default=None, help="Ray cluster address (default: the local one)")
+        if name in ("up", "gateway"):
+            p.add_argument("--address", default=None, help="Ray cluster address (default: embedded / the local one)")
         if name == "gateway":
             p.add_argument("--namespace", default="orchestrator", help="Ray namespace of the orchestrator")
+        if name not in ("up", "gateway"):
+            p.add_argument(
+                "--url", default=None, help="gateway URL (default: $ORCHESTRATOR_URL or http://127.0.0.1:8000)"
+            )
         return p
 
     up = add("up", cmd_up)

@@ -198,6 +198,11 @@ class BaseClient:
         with contextlib.suppress(SessionNotFound):  # already closed or expired: closing is idempotent
             yield from self._exchange(self.build_request("DELETE", "v1", "sessions", session_id), idempotent=True)
 
+    def _shutdown(self) -> Steps[Any]:
+        return response_field(
+            (yield from self._exchange(self.build_request("POST", "v1", "shutdown"), idempotent=False))
+        )
+
     def _op(
         self, pool: str, op: str, args: dict[str, Any], session: str | None, **options: Any
     ) -> Steps[httpx.Response]:
@@ -340,6 +345,10 @@ class Client(BaseClient):
     def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Open sessions (of one pool, or all)."""
         return self._run(self._get("v1", "sessions", params={"pool": pool} if pool else None, key="sessions"))
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the server (``orchestrator up``) to drain, checkpoint sessions and stop."""
+        return dict(self._run(self._shutdown()))
 
     def close(self) -> None:
         """Close the connections."""
@@ -484,6 +493,10 @@ class AsyncClient(BaseClient):
     async def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Open sessions (of one pool, or all)."""
         return await self._run(self._get("v1", "sessions", params={"pool": pool} if pool else None, key="sessions"))
+
+    async def shutdown(self) -> dict[str, Any]:
+        """Ask the server (``orchestrator up``) to drain, checkpoint sessions and stop."""
+        return dict(await self._run(self._shutdown()))
 
     async def aclose(self) -> None:
         """Close the connections."""

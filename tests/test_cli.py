@@ -1,0 +1,94 @@
+"""The `orchestrator` command driven as subprocesses: up, status, call, sessions, down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_until
+
+COMMANDS = ["up", "gateway", "down", "status", "call", "sessions"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0 and "usage: orchestrator" in result.stdout
+
+
+def test_up_status_call_down(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "pools.yaml"
+    config.write_text(
+        f"""
+ray: {{namespace: cli-test, num_cpus: 4}}
+state_dir: {tmp_path / "state"}
+gateway: {{port: {port}}}
+pools:
+  toolbox:
+    worker: workers.testing:Toolbox
+    size: 1
+    resources: {{num_cpus: 0.5}}
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ORCHESTRATOR_TOKEN")}
+    env["ORCHESTRATOR_URL"] = f"http://127.0.0.1:{port}"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "up", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def ready() -> bool:
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=90, what="orchestrator up to serve its gateway")
+        status = run("status", "--json", env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        pools = json.loads(status.stdout)
+        assert pools[0]["name"] == "toolbox" and pools[0]["actors"][0]["state"] == "ready"
+        table = run("status", env=env)
+        assert "toolbox-0" in table.stdout and "ready" in table.stdout
+
+        call = run("call", "toolbox", "echo", 'value={"a": [1, 2]}', env=env)
+        assert json.loads(call.stdout) == {"a": [1, 2]}
+        stream = run("call", "toolbox", "ticker", "n=3", env=env)
+        assert [json.loads(line) for line in stream.stdout.splitlines()] == [
+            {"i": 0},
+            {"i": 1},
+            {"i": 2},
+            {"result": 3},
+        ]
+        bad = run("call", "toolbox", "add", "a=x", env=env)
+        assert bad.returncode == 2 and "invalid_arguments" in bad.stdout and "a:" in bad.stdout
+        assert run("call", "toolbox", "echo", "novalue", env=env).returncode == 2
+        assert "sessions" in run("sessions", env=env).stdout
+
+        down = run("down", env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+        output, _ = up.communicate(timeout=90)
+        assert up.returncode == 0, output
+        assert "stopped 1 actor(s)" in output
+    finally:
+        if up.poll() is None:
+            up.kill()
