@@ -236,6 +236,10 @@ def create_app(
             on_shutdown()
             return {"status": "shutting down"}
 
+    from orchestrator.openai import routers
+
+    for openai_router in routers(orch):
+        app.include_router(openai_router)
     app.add_middleware(Guard, token=token, max_body=max_body)
     return app
 
