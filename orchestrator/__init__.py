@@ -3,7 +3,7 @@
 from orchestrator import start, Worker, op, Context
 """
 
-from orchestrator.api import Orchestrator, Session, Stream, connect, start
+from orchestrator.api import Job, Orchestrator, Session, Stream, connect, start
 from orchestrator.client import AsyncClient, Client
 from orchestrator.config import Config, load_config
 from orchestrator.errors import (
@@ -11,6 +11,7 @@ from orchestrator.errors import (
     GpuOom,
     InvalidArguments,
     InvalidConfig,
+    JobCancelled,
     JobNotFound,
     OpFailed,
     OpNotFound,
@@ -36,6 +37,8 @@ __all__ = [
     "GpuOom",
     "InvalidArguments",
     "InvalidConfig",
+    "Job",
+    "JobCancelled",
     "JobNotFound",
     "OpFailed",
     "OpNotFound",

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,11 +21,13 @@ from ray.exceptions import RayActorError
 from orchestrator.config import Config, load_config
 from orchestrator.coordinator import COORDINATOR_NAME, coordinator_class
 from orchestrator.envs import check_py_executable, requirements
-from orchestrator.errors import Overloaded, PoolUnavailable, WorkerCrashed
+from orchestrator.errors import JobCancelled, OrchestratorError, Overloaded, PoolUnavailable, Timeout, WorkerCrashed
 from orchestrator.host import RECYCLING
 from orchestrator.router import LOCAL, WAIT_FOR_ACTOR_S, Router, unwrap
 from orchestrator.types import Failure, Final
 from orchestrator.worker import load_worker_class
+
+JOB_POLL_S = 5.0  # long-poll length when following a job
 
 
 def start(
@@ -178,6 +180,30 @@ class Orchestrator:
         """Open a session pinned to one actor of ``pool`` (a context manager that closes it)."""
         self.router.pool(pool)
         return Session(self, unwrap(ray.get(self.coordinator.create_session.remote(pool, ttl_s))))
+
+    # ----------------------------------------------------------------- jobs
+    def submit(
+        self,
+        pool: str,
+        op: str,
+        /,
+        _session: Session | str | None = None,
+        _max_retries: int | None = None,
+        **args: Any,
+    ) -> Job:
+        """Queue ``op`` as a long-running job; returns its handle at once."""
+        session = _session.id if isinstance(_session, Session) else _session
+        record = unwrap(ray.get(self.coordinator.submit_job.remote(pool, op, args, session, _max_retries)))
+        return Job(self, record["id"])
+
+    def job(self, job_id: str) -> Job:
+        """The handle of an existing job (job_not_found if there is none)."""
+        unwrap(ray.get(self.coordinator.get_job.remote(job_id)))
+        return Job(self, job_id)
+
+    def jobs(self, pool: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Jobs, newest first, optionally of one pool and/or status."""
+        return list(ray.get(self.coordinator.list_jobs.remote(pool, status)))
 
     # ------------------------------------------------------------ shutdown
     def shutdown(self, drain_s: float = 30.0) -> dict[str, Any]:
@@ -373,3 +399,55 @@ class Stream:
         # A stream dropped half-read must not keep its op running or its slot counted.
         with contextlib.suppress(Exception):
             self.close()
+
+
+class Job:
+    """A handle on a long-running job: ``status()``, ``events()``, ``result(timeout)``, ``cancel()``."""
+
+    def __init__(self, orchestrator: Orchestrator, job_id: str) -> None:
+        self.orchestrator = orchestrator
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self) -> dict[str, Any]:
+        """The job's record: status (queued|running|retrying|succeeded|failed|cancelled), attempts, events..."""
+        return dict(unwrap(ray.get(self.orchestrator.coordinator.get_job.remote(self.id))))
+
+    def events(self, after: int = 0, follow: bool = True) -> Iterator[tuple[int, Any]]:
+        """``(seq, event)`` pairs from the log after ``after``; with ``follow``, until the job ends."""
+        coordinator = self.orchestrator.coordinator
+        while True:
+            batch = unwrap(ray.get(coordinator.job_events.remote(self.id, after, JOB_POLL_S if follow else 0.0)))
+            for seq, event in batch["events"]:
+                after = seq
+                yield seq, event
+            if batch["finished"] or (not follow and not batch["events"]):
+                return
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job; its result, or its error raised (JobCancelled if cancelled, Timeout if not done)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        coordinator = self.orchestrator.coordinator
+        while True:
+            record = self.status()
+            if record["status"] in ("succeeded", "failed", "cancelled"):
+                return job_outcome(record)
+            left = JOB_POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"job {self.id} is still {record['status']} after {timeout:g}s")
+            ray.get(coordinator.job_events.remote(self.id, record["events"], min(left, JOB_POLL_S)))
+
+    def cancel(self) -> dict[str, Any]:
+        """Ask the op to stop (``ctx.cancelled``); it is killed after the grace period. A finished job: a no-op."""
+        return dict(unwrap(ray.get(self.orchestrator.coordinator.cancel_job.remote(self.id))))
+
+
+def job_outcome(record: dict[str, Any]) -> Any:
+    """A finished job's result, or its error raised."""
+    if record["status"] == "succeeded":
+        return record["result"]
+    if record["status"] == "cancelled":
+        raise JobCancelled(f"job {record['id']} was cancelled", pool=record["pool"], op=record["op"])
+    raise OrchestratorError.from_dict(record["error"] or {"code": "op_failed", "message": "job failed"})

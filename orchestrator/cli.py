@@ -36,7 +36,9 @@ def status_table(status: dict[str, Any]) -> Table:
     for pool in status.values():
         reason = f": {pool['reason']}" if pool["reason"] else ""
         queue = f", queued {pool['queued']}" if pool.get("queued") else ""
-        heading = f"{pool['name']} ({pool['state']}{reason}; {pool['sessions']} session(s){queue})"
+        jobs = ", ".join(f"{n} {state}" for state, n in sorted((pool.get("jobs") or {}).items()))
+        jobs = f"; jobs: {jobs}" if jobs else ""
+        heading = f"{pool['name']} ({pool['state']}{reason}; {pool['sessions']} session(s){queue}{jobs})"
         table.add_row(f"[bold]{heading}[/bold]", end_section=False)
         for actor in pool["actors"]:
             table.add_row(
@@ -200,6 +202,83 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_submit(args: argparse.Namespace) -> int:
+    """Submit a job (key=value arguments); prints its id. --watch follows it."""
+    with _client(args) as client:
+        job = client.submit(args.pool, args.op, _max_retries=args.max_retries, **parse_arguments(args.args))
+        print(job.id)
+        if args.watch:
+            return _watch(job)
+    return 0
+
+
+def cmd_jobs_watch(args: argparse.Namespace) -> int:
+    """Follow a job's events: a progress bar for progress(done=, total=), other fields as they change."""
+    with _client(args) as client:
+        return _watch(client.job(args.job_id))
+
+
+def _watch(job: Any) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = None
+        for seq, event in job.events():
+            fields = event.get("progress", event) if isinstance(event, dict) else {}
+            if isinstance(fields, dict) and "done" in fields and "total" in fields:
+                if bar is None:
+                    bar = progress.add_task(f"job {job.id[:8]}", total=fields["total"])
+                progress.update(bar, completed=fields["done"], total=fields["total"])
+            if not (isinstance(event, dict) and set(event) == {"progress"}):
+                progress.console.print(f"[dim]{seq}[/dim] {json.dumps(event, default=str)}", highlight=False)
+    record = job.status()
+    console.print(f"job {job.id}: {record['status']}")
+    if record["status"] == "succeeded":
+        print(json.dumps(record["result"], default=str))
+        return 0
+    if record.get("error"):
+        console.print(f"[red]error[/red] {record['error']['code']}: {record['error']['message']}")
+    return 1
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    """List jobs (newest first)."""
+    with _client(args) as client:
+        jobs = client.jobs(pool=args.pool, status=args.status)
+    if args.json:
+        print(json.dumps(jobs, indent=2, default=str))
+        return 0
+    table = Table(title="jobs")
+    for column in ("id", "pool", "op", "status", "attempts", "events", "age (s)"):
+        table.add_column(column)
+    for job in jobs:
+        age = f"{time.time() - job['created']:.0f}"
+        table.add_row(job["id"], job["pool"], job["op"], job["status"], str(job["attempts"]), str(job["events"]), age)
+    console.print(table)
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job (a finished job is left as it is)."""
+    with _client(args) as client:
+        answer = client.job(args.job_id).cancel()
+    console.print(answer["message"])
+    return 0
+
+
+def cmd_jobs_result(args: argparse.Namespace) -> int:
+    """Print a job's result (waits up to --timeout seconds); its error if it failed."""
+    with _client(args) as client:
+        print(json.dumps(client.job(args.job_id).result(timeout=args.timeout), default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every command has --help)."""
     parser = argparse.ArgumentParser(prog="orchestrator", description="Supervised pools of Ray actors.")
@@ -235,6 +314,31 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("args", nargs="*", help="key=value arguments (values may be JSON)")
     sessions = add("sessions", cmd_sessions)
     sessions.add_argument("--pool", default=None)
+
+    jobs = sub.add_parser("jobs", help="Long-running jobs: submit, watch, list, cancel, result.")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+
+    def add_job(name: str, fn: Any) -> argparse.ArgumentParser:
+        p = jobs_sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
+        p.set_defaults(fn=fn)
+        p.add_argument("--url", default=None, help="gateway URL (default: $ORCHESTRATOR_URL or http://127.0.0.1:8000)")
+        return p
+
+    submit = add_job("submit", cmd_jobs_submit)
+    submit.add_argument("pool")
+    submit.add_argument("op")
+    submit.add_argument("args", nargs="*", help="key=value arguments (values may be JSON)")
+    submit.add_argument("--max-retries", type=int, default=None, help="re-runs after the actor dies")
+    submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    add_job("watch", cmd_jobs_watch).add_argument("job_id")
+    listing = add_job("list", cmd_jobs_list)
+    listing.add_argument("--pool", default=None)
+    listing.add_argument("--status", default=None, help="queued|running|retrying|succeeded|failed|cancelled")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_job("cancel", cmd_jobs_cancel).add_argument("job_id")
+    result = add_job("result", cmd_jobs_result)
+    result.add_argument("job_id")
+    result.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: until it ends)")
     return parser
 
 

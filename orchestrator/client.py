@@ -7,6 +7,10 @@
         stream.result  # the op's return value
         with client.session("toolbox") as s:
             s.call("incr", by=2)
+        client.embed(["a text", "another"])  # the retrieval pool's vectors
+        with client.retrieval() as index:  # a session holding a vector index
+            index.add(["cats purr", "dogs bark"])
+            index.search("kitten", k=1)
 
 ``AsyncClient`` has the same methods, each awaited, returning the async twin
 of the same object: ``async with await client.stream(...) as stream: async for
@@ -59,6 +63,8 @@ T = TypeVar("T")
 Step = httpx.Request | float  # what the I/O half does next: send this request, or sleep this many seconds
 Steps = Generator[Step, Any, T]  # sent the response (or thrown the httpx.RequestError) of each request
 NO_EVENT: Any = object()
+JOB_WAIT_S = 30.0  # one long-poll of GET /v1/jobs/{id}/result
+RECONNECT_S = 60.0  # how long a job's event stream keeps reconnecting without getting anything
 
 
 def backoff_delay(attempt: int, retry_after: str | None = None) -> float:
@@ -198,6 +204,35 @@ class BaseClient:
         with contextlib.suppress(SessionNotFound):  # already closed or expired: closing is idempotent
             yield from self._exchange(self.build_request("DELETE", "v1", "sessions", session_id), idempotent=True)
 
+    def _submit(
+        self, pool: str, op: str, args: dict[str, Any], session: str | None, max_retries: int | None
+    ) -> Steps[dict[str, Any]]:
+        body = {"pool": pool, "op": op, "args": args, "session": session, "max_retries": max_retries}
+        request = self.build_request("POST", "v1", "jobs", body=body)
+        return dict(response_field((yield from self._exchange(request, idempotent=False, pool=pool, op=op))))
+
+    def _job(self, job_id: str) -> Steps[dict[str, Any]]:
+        return dict((yield from self._get("v1", "jobs", job_id)))
+
+    def _jobs(self, pool: str | None, status: str | None) -> Steps[list[dict[str, Any]]]:
+        params = {k: v for k, v in (("pool", pool), ("status", status)) if v}
+        return list((yield from self._get("v1", "jobs", params=params, key="jobs")))
+
+    def _cancel_job(self, job_id: str) -> Steps[dict[str, Any]]:
+        request = self.build_request("POST", "v1", "jobs", job_id, "cancel")
+        return dict(response_field((yield from self._exchange(request, idempotent=True))))
+
+    def _job_result(self, job_id: str, timeout: float | None) -> Steps[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = JOB_WAIT_S if deadline is None else max(0.0, min(JOB_WAIT_S, deadline - time.monotonic()))
+            request = self.build_request("GET", "v1", "jobs", job_id, "result", params={"timeout": left})
+            try:
+                return response_field((yield from self._exchange(request, idempotent=True)), "result")
+            except OrchestratorError as exc:  # still running: wait again, until our own deadline
+                if exc.code != "timeout" or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+
     def _shutdown(self) -> Steps[Any]:
         return response_field(
             (yield from self._exchange(self.build_request("POST", "v1", "shutdown"), idempotent=False))
@@ -219,6 +254,19 @@ class BaseClient:
 
     def _call(self, pool: str, op: str, args: dict[str, Any], session: str | None = None) -> Steps[Any]:
         return response_field((yield from self._op(pool, op, args, session)), "result")
+
+    def _embed(self, texts: str | list[str], pool: str, normalize: bool, batch_size: int | None) -> Steps[Any]:
+        texts = [texts] if isinstance(texts, str) else texts
+        return (
+            yield from self._call(
+                pool, "embed", retrieval_args(texts=texts, normalize=normalize, batch_size=batch_size)
+            )
+        )
+
+
+def retrieval_args(**args: Any) -> dict[str, Any]:
+    """A retrieval op's arguments, leaving out those not given (None) so the worker's defaults apply."""
+    return {name: value for name, value in args.items() if value is not None}
 
 
 class BaseStream:
@@ -341,6 +389,30 @@ class Client(BaseClient):
     def session(self, pool: str, ttl_s: float | None = None) -> ClientSession:
         """Open a session pinned to one actor of ``pool`` (a context manager that closes it)."""
         return ClientSession(self, self._run(self._open_session(pool, ttl_s)))
+
+    def embed(
+        self, texts: str | list[str], pool: str = "retrieval", normalize: bool = True, batch_size: int | None = None
+    ) -> list[list[float]]:
+        """Embeddings from the retrieval pool's ``embed`` op: one vector per text (a str counts as one text)."""
+        return list(self._run(self._embed(texts, pool, normalize, batch_size)))
+
+    def retrieval(self, pool: str = "retrieval", ttl_s: float | None = None) -> RetrievalSession:
+        """Open a session holding a vector index on the retrieval pool (a context manager that closes it)."""
+        return RetrievalSession(self, self._run(self._open_session(pool, ttl_s)))
+
+    def submit(
+        self, pool: str, op: str, /, _session: str | None = None, _max_retries: int | None = None, **args: Any
+    ) -> ClientJob:
+        """Queue ``op`` as a long-running job; returns its handle at once."""
+        return ClientJob(self, self._run(self._submit(pool, op, args, _session, _max_retries)))
+
+    def job(self, job_id: str) -> ClientJob:
+        """The handle of an existing job (job_not_found if there is none)."""
+        return ClientJob(self, self._run(self._job(job_id)))
+
+    def jobs(self, pool: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        return self._run(self._jobs(pool, status))
 
     def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Open sessions (of one pool, or all)."""
@@ -490,6 +562,30 @@ class AsyncClient(BaseClient):
         """Open a session pinned to one actor: ``async with await client.session(pool) as s``."""
         return AsyncClientSession(self, await self._run(self._open_session(pool, ttl_s)))
 
+    async def embed(
+        self, texts: str | list[str], pool: str = "retrieval", normalize: bool = True, batch_size: int | None = None
+    ) -> list[list[float]]:
+        """Embeddings from the retrieval pool's ``embed`` op: one vector per text (a str counts as one text)."""
+        return list(await self._run(self._embed(texts, pool, normalize, batch_size)))
+
+    async def retrieval(self, pool: str = "retrieval", ttl_s: float | None = None) -> AsyncRetrievalSession:
+        """Open a session holding a vector index: ``async with await client.retrieval() as index``."""
+        return AsyncRetrievalSession(self, await self._run(self._open_session(pool, ttl_s)))
+
+    async def submit(
+        self, pool: str, op: str, /, _session: str | None = None, _max_retries: int | None = None, **args: Any
+    ) -> AsyncClientJob:
+        """Queue ``op`` as a long-running job; returns its handle at once."""
+        return AsyncClientJob(self, await self._run(self._submit(pool, op, args, _session, _max_retries)))
+
+    async def job(self, job_id: str) -> AsyncClientJob:
+        """The handle of an existing job (job_not_found if there is none)."""
+        return AsyncClientJob(self, await self._run(self._job(job_id)))
+
+    async def jobs(self, pool: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        return await self._run(self._jobs(pool, status))
+
     async def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Open sessions (of one pool, or all)."""
         return await self._run(self._get("v1", "sessions", params={"pool": pool} if pool else None, key="sessions"))
@@ -573,3 +669,217 @@ class AsyncClientSession(BaseSession):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+# ------------------------------------------------------------ retrieval sessions
+class RetrievalSession(ClientSession):
+    """A retrieval-pool session: its vector index, through ``add``/``search``/``delete``/``size``/``save``/``load``."""
+
+    def add(
+        self,
+        docs: list[str] | None = None,
+        ids: list[str] | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+        vectors: list[list[float]] | None = None,
+    ) -> dict[str, Any]:
+        """Add documents (or precomputed vectors); returns ``{"ids", "size"}``."""
+        return dict(self.call("add", **retrieval_args(docs=docs, ids=ids, metadata=metadata, vectors=vectors)))
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        queries: list[str] | None = None,
+        vectors: list[list[float]] | None = None,
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Hits for ``query`` (``ids``, ``scores``, ``docs``, ``metadata``), or ``results`` for several."""
+        args = retrieval_args(query=query, queries=queries, vectors=vectors, k=k, filter=filter)
+        return dict(self.call("search", **args))
+
+    def delete(self, ids: list[str]) -> dict[str, int]:
+        """Remove documents by id (unknown ids: InvalidArguments, nothing removed)."""
+        return dict(self.call("delete", ids=ids))
+
+    def size(self) -> int:
+        """Documents in the index."""
+        return int(self.call("size"))
+
+    def save(self, path: str) -> dict[str, Any]:
+        """Save the index under the pool's ``data_dir``."""
+        return dict(self.call("save", path=path))
+
+    def load(self, path: str) -> dict[str, Any]:
+        """Replace the index with one saved under the pool's ``data_dir``."""
+        return dict(self.call("load", path=path))
+
+
+class AsyncRetrievalSession(AsyncClientSession):
+    """``RetrievalSession`` for asyncio: the same methods, awaited."""
+
+    async def add(
+        self,
+        docs: list[str] | None = None,
+        ids: list[str] | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+        vectors: list[list[float]] | None = None,
+    ) -> dict[str, Any]:
+        """Add documents (or precomputed vectors); returns ``{"ids", "size"}``."""
+        return dict(await self.call("add", **retrieval_args(docs=docs, ids=ids, metadata=metadata, vectors=vectors)))
+
+    async def search(
+        self,
+        query: str | None = None,
+        *,
+        queries: list[str] | None = None,
+        vectors: list[list[float]] | None = None,
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Hits for ``query`` (``ids``, ``scores``, ``docs``, ``metadata``), or ``results`` for several."""
+        args = retrieval_args(query=query, queries=queries, vectors=vectors, k=k, filter=filter)
+        return dict(await self.call("search", **args))
+
+    async def delete(self, ids: list[str]) -> dict[str, int]:
+        """Remove documents by id (unknown ids: InvalidArguments, nothing removed)."""
+        return dict(await self.call("delete", ids=ids))
+
+    async def size(self) -> int:
+        """Documents in the index."""
+        return int(await self.call("size"))
+
+    async def save(self, path: str) -> dict[str, Any]:
+        """Save the index under the pool's ``data_dir``."""
+        return dict(await self.call("save", path=path))
+
+    async def load(self, path: str) -> dict[str, Any]:
+        """Replace the index with one saved under the pool's ``data_dir``."""
+        return dict(await self.call("load", path=path))
+
+
+class BaseJob:
+    """A job handle without I/O: the event-stream request (resuming after the last seen id) and its parsing."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.id: str = record["id"]
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
+
+    def _events_request(self, client: BaseClient, after: int, follow: bool) -> httpx.Request:
+        params = {"follow": "true" if follow else "false"}
+        request = client.build_request("GET", "v1", "jobs", self.id, "events", params=params, accept=EVENT_STREAM)
+        request.headers["Last-Event-ID"] = str(after)
+        return request
+
+    @staticmethod
+    def _parse(decoder: SSEDecoder, line: str) -> tuple[str, int, Any] | None:
+        """``("event", seq, data)``, ``("end", seq, status)`` or None for a line that completes nothing."""
+        message = decoder.decode(line)
+        if message is None or message.event not in ("event", "end"):
+            return None
+        data = json.loads(message.data)
+        seq = int(message.id or 0)
+        return ("end", seq, data.get("status")) if message.event == "end" else ("event", seq, data)
+
+
+class ClientJob(BaseJob):
+    """A job over HTTP: ``status()``, ``events()`` (reconnects by itself), ``result(timeout)``, ``cancel()``."""
+
+    def __init__(self, client: Client, record: dict[str, Any]) -> None:
+        super().__init__(record)
+        self.client = client
+
+    def status(self) -> dict[str, Any]:
+        """The job's record (status, attempts, events logged, result or error)."""
+        self.record = self.client._run(self.client._job(self.id))
+        return self.record
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job: its result, or its error raised (``timeout`` if not done in time)."""
+        return self.client._run(self.client._job_result(self.id, timeout))
+
+    def cancel(self) -> dict[str, Any]:
+        """Cancel (a finished job answers with ``cancelled: false``)."""
+        return self.client._run(self.client._cancel_job(self.id))
+
+    def events(self, after: int = 0, follow: bool = True) -> Iterator[tuple[int, Any]]:
+        """``(seq, event)`` from the log; after a dropped connection it reconnects from the last seq."""
+        patience = time.monotonic() + RECONNECT_S
+        attempt = 0
+        while True:
+            decoder = SSEDecoder()
+            try:
+                request = self._events_request(self.client, after, follow)
+                with self.client.http.stream(
+                    "GET", request.url, headers=request.headers, timeout=self.client.timeout
+                ) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise decode_error(response.status_code, response.content)
+                    for line in response.iter_lines():
+                        parsed = self._parse(decoder, line)
+                        if parsed is None:
+                            continue
+                        kind, seq, data = parsed
+                        if kind == "end":
+                            return
+                        after, attempt, patience = seq, 0, time.monotonic() + RECONNECT_S
+                        yield seq, data
+            except httpx.TransportError:
+                if time.monotonic() > patience:
+                    raise OrchestratorError(f"lost the event stream of job {self.id} and could not reconnect") from None
+            time.sleep(backoff_delay(attempt))
+            attempt += 1
+
+
+class AsyncClientJob(BaseJob):
+    """``ClientJob`` for asyncio: the same methods, awaited; ``events()`` is an async iterator."""
+
+    def __init__(self, client: AsyncClient, record: dict[str, Any]) -> None:
+        super().__init__(record)
+        self.client = client
+
+    async def status(self) -> dict[str, Any]:
+        """The job's record."""
+        self.record = await self.client._run(self.client._job(self.id))
+        return self.record
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job: its result, or its error raised."""
+        return await self.client._run(self.client._job_result(self.id, timeout))
+
+    async def cancel(self) -> dict[str, Any]:
+        """Cancel (a finished job answers with ``cancelled: false``)."""
+        return await self.client._run(self.client._cancel_job(self.id))
+
+    async def events(self, after: int = 0, follow: bool = True) -> AsyncIterator[tuple[int, Any]]:
+        """``(seq, event)`` from the log, reconnecting from the last seq after a dropped connection."""
+        patience = time.monotonic() + RECONNECT_S
+        attempt = 0
+        while True:
+            decoder = SSEDecoder()
+            request = self._events_request(self.client, after, follow)
+            try:
+                async with self.client.http.stream(
+                    "GET", request.url, headers=request.headers, timeout=self.client.timeout
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise decode_error(response.status_code, response.content)
+                    async for line in response.aiter_lines():
+                        parsed = self._parse(decoder, line)
+                        if parsed is None:
+                            continue
+                        kind, seq, data = parsed
+                        if kind == "end":
+                            return
+                        after, attempt, patience = seq, 0, time.monotonic() + RECONNECT_S
+                        yield seq, data
+            except httpx.TransportError:
+                if time.monotonic() > patience:
+                    raise OrchestratorError(f"lost the event stream of job {self.id} and could not reconnect") from None
+            await asyncio.sleep(backoff_delay(attempt))
+            attempt += 1

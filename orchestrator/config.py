@@ -176,6 +176,18 @@ class GatewayOptions(_Model):
     _empty_is_none = field_validator("token", mode="before")(lambda v: v or None)
 
 
+class JobOptions(_Model):
+    """Long-running jobs."""
+
+    max_retries: int = Field(3, ge=0, description="Re-runs (from the last checkpoint) after the job's actor dies.")
+    cancel_grace_s: float = Field(
+        10.0, ge=0, description="After a cancel, how long the op may take to stop before its actor is killed."
+    )
+    retention_s: float = Field(
+        7 * 86400.0, gt=0, description="Finished jobs (and their events) older than this are deleted."
+    )
+
+
 class RayOptions(_Model):
     """How the orchestrator reaches Ray."""
 
@@ -196,6 +208,7 @@ class Config(_Model):
     start_timeout_s: float = Field(600.0, gt=0, description="How long start-up waits for actors (env builds included).")
     debug: bool = Field(False, description="Include tracebacks in op_failed errors.")
     gateway: GatewayOptions = Field(default_factory=GatewayOptions, description="The HTTP gateway.")
+    jobs: JobOptions = Field(default_factory=JobOptions, description="Long-running jobs.")
     pools: dict[str, Pool] = Field(default_factory=dict, description="The pools, by name.")
     base_dir: str = Field(".", description="Folder pools.yaml was read from (set by the loader).")
 

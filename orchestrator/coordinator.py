@@ -25,6 +25,7 @@ from orchestrator.config import Config
 from orchestrator.envs import runtime_env
 from orchestrator.errors import InvalidConfig, Overloaded, PoolNotFound, PoolUnavailable, SessionNotFound
 from orchestrator.host import actor_class
+from orchestrator.jobs import JobRunner
 from orchestrator.pools import ActorSlot, PoolState, choose_session_slot, pending_reason
 from orchestrator.types import Failure
 
@@ -52,6 +53,8 @@ class Coordinator:
         self.loop_task: asyncio.Task[None] | None = None
         self.stopping = False
         self.tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop only keeps weak ones
+        self.jobs = JobRunner(self)
+        self.expired_at = 0.0
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -67,6 +70,9 @@ class Coordinator:
             for slot in pool.slots:
                 self._launch(pool, slot)
         self.loop_task = asyncio.create_task(self._supervise())
+        recovered = self.jobs.recover()
+        if recovered:
+            log.info("re-queued %d unfinished job(s) from the store", recovered)
         deadline = time.monotonic() + self.config.start_timeout_s
         while time.monotonic() < deadline:
             if all(
@@ -166,6 +172,13 @@ class Coordinator:
                 await self._reap_sessions()
             except Exception:
                 log.exception("session reaping failed")
+            try:
+                self.jobs.dispatch()
+                if time.monotonic() - self.expired_at > 60:
+                    self.expired_at = time.monotonic()
+                    self.jobs.expire()
+            except Exception:
+                log.exception("job dispatch failed")
             await asyncio.sleep(TICK_S)
 
     async def _check_pool(self, pool: PoolState) -> None:
@@ -374,10 +387,38 @@ class Coordinator:
             async with self.changed:
                 self.changed.notify_all()
 
+    # ----------------------------------------------------------------- jobs
+    async def submit_job(
+        self, pool: str, op: str, args: dict[str, Any], session: str | None = None, max_retries: int | None = None
+    ) -> Any:
+        """Queue a job; returns its record (or a Failure for a bad pool, op or arguments)."""
+        return await self.jobs.submit(pool, op, args, session, max_retries)
+
+    def get_job(self, job_id: str) -> Any:
+        """One job's record."""
+        return self.jobs.get(job_id)
+
+    def list_jobs(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        return self.jobs.list(pool, status, limit)
+
+    async def job_events(self, job_id: str, after: int = 0, wait_s: float = 0.0) -> Any:
+        """Logged events after a sequence number (long poll)."""
+        return await self.jobs.events(job_id, after, wait_s)
+
+    async def cancel_job(self, job_id: str) -> Any:
+        """Cancel a job (a no-op answer for a finished one)."""
+        return await self.jobs.cancel(job_id)
+
+    async def job_checkpoint(self, job_id: str, blob: bytes, position: int) -> None:
+        """Called by the actor running a job: persist its resume point."""
+        await self.jobs.checkpoint(job_id, blob, position)
+
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         """Every pool: state, actors, sessions, counters and recent events."""
         out = {}
+        jobs = self.jobs.counts()
         for pool in self.pools.values():
             counts = self._session_counts(pool.name)
             out[pool.name] = {
@@ -390,6 +431,7 @@ class Coordinator:
                 "sessions": sum(counts.values()),
                 "ops": pool.ops,
                 **pool.counters,
+                "jobs": jobs.get(pool.name, {}),
                 "events": list(pool.events),
             }
         return out

@@ -14,6 +14,7 @@
     ├── SessionNotFound        session_not_found     404
     ├── SessionLost            session_lost          410
     ├── JobNotFound            job_not_found         404
+    ├── JobCancelled           job_cancelled         409
     ├── GpuOom                 gpu_oom               507
     ├── DependencyMissing      dependency_missing    500
     └── OpFailed               op_failed             500
@@ -176,6 +177,13 @@ class JobNotFound(OrchestratorError):
     http_status = 404
 
 
+class JobCancelled(OrchestratorError):
+    """The job was cancelled before it produced a result."""
+
+    code = "job_cancelled"
+    http_status = 409
+
+
 class GpuOom(OrchestratorError):
     """CUDA ran out of memory, even after halving ``batch_size`` down to 1."""
 
@@ -213,6 +221,7 @@ ERROR_CLASSES: dict[str, type[OrchestratorError]] = {
         SessionNotFound,
         SessionLost,
         JobNotFound,
+        JobCancelled,
         GpuOom,
         DependencyMissing,
         OpFailed,

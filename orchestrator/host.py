@@ -33,7 +33,7 @@ from orchestrator.errors import (
     SessionLost,
     SessionNotFound,
 )
-from orchestrator.types import Failure, Final, Request
+from orchestrator.types import Failure, Final, JobRun, Request
 from orchestrator.worker import Context, OpSpec, Worker, load_worker_class, ops_of
 
 # Internal answer of a host that is draining: the router retries elsewhere (the op never ran).
@@ -142,6 +142,15 @@ class WorkerHost:
         return ctx is not None
 
     @ray.method(concurrency_group=ADMIN)
+    def validate(self, op: str, args: dict[str, Any]) -> Failure | None:
+        """Check a job's op and arguments before it is queued (submit answers 404/422 at once)."""
+        try:
+            self._spec(op).validate(args, self.pool)
+        except OrchestratorError as exc:
+            return Failure(self._error(exc, self.ops.get(op), op))
+        return None
+
+    @ray.method(concurrency_group=ADMIN)
     def open_session(self, session_id: str) -> None:
         """Create an empty session on this actor."""
         self.sessions[session_id] = SessionSlot()
@@ -191,8 +200,11 @@ class WorkerHost:
             outcome = item
         return outcome.value if isinstance(outcome, Final) else outcome
 
-    def stream(self, request: Request, inline: bool = False) -> Iterator[Any]:
-        """Run an op as a stream: its events, then ``Final(result)`` or ``Failure(error)``."""
+    def stream(self, request: Request, inline: bool = False, job: JobRun | None = None) -> Iterator[Any]:
+        """Run an op as a stream: its events, then ``Final(result)`` or ``Failure(error)``.
+
+        ``job`` (id, pickled resume point or None, events logged at that point) runs it as a job.
+        """
         op, args, session, seq, caller, call_id = request
         spec: OpSpec | None = None
         admitted = False
@@ -203,6 +215,8 @@ class WorkerHost:
             with self._turn(session, seq, caller, inline) as ctx_state:
                 args = self._validate(spec, args, session)
                 ctx = self._context(spec, session, call_id, ctx_state)
+                if job is not None:
+                    self._as_job(ctx, job)
                 try:
                     if spec.stream:
                         yield from self._run_stream(spec, args, ctx)
@@ -261,6 +275,18 @@ class WorkerHost:
             self.running[call_id] = ctx
         return ctx
 
+    def _as_job(self, ctx: Context, job: JobRun) -> None:
+        job_id, resume, base = job
+        ctx.job_id = job_id
+        ctx.resume = pickle.loads(resume) if resume is not None else None
+
+        def checkpoint(obj: Any) -> None:
+            # The position tells a re-run which of its events are already logged.
+            position = base + ctx.yielded
+            ray.get(self._coordinator_handle().job_checkpoint.remote(job_id, pickle.dumps(obj), position))
+
+        ctx._checkpoint = checkpoint
+
     def _run(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Any:
         assert self.worker is not None
         method = getattr(self.worker, spec.name)
@@ -289,7 +315,10 @@ class WorkerHost:
                         item = asyncio.run_coroutine_threadsafe(gen.__anext__(), loop).result()
                     except StopAsyncIteration:
                         break
+                    yield from _drain(ctx)
+                    ctx.yielded += 1
                     yield item
+                yield from _drain(ctx)
             finally:
                 asyncio.run_coroutine_threadsafe(gen.aclose(), loop).result()
             yield Final(None)
@@ -299,10 +328,13 @@ class WorkerHost:
                 try:
                     item = next(gen)
                 except StopIteration as stop:
+                    yield from _drain(ctx)
                     yield Final(stop.value)
                     return
                 if ctx.cancelled:
                     return
+                yield from _drain(ctx)
+                ctx.yielded += 1
                 yield item
         finally:
             gen.close()
@@ -424,6 +456,13 @@ class _Turn:
                 if self.seq is not None:
                     self.slot.next_seq[self.caller] = self.seq + 1
                 self.slot.cond.notify_all()
+
+
+def _drain(ctx: Context) -> Iterator[Any]:
+    """Progress events the op reported since its last yield."""
+    while ctx.pending:
+        ctx.yielded += 1
+        yield ctx.pending.pop(0)
 
 
 def _empty_cuda_cache() -> None:

@@ -1,6 +1,7 @@
 """The durable store: SQLite (WAL) in ``state_dir``.
 
-One small interface over one file: session records and checkpoints. Large
+One small interface over one file: session records, checkpoints, jobs and
+their event logs. Large
 checkpoints go to files under ``state_dir/checkpoints`` with only their path in
 the database. The schema carries a version and is created on first use.
 """
@@ -8,13 +9,15 @@ the database. The schema carries a version and is created on first use.
 from __future__ import annotations
 
 import hashlib
+import json
+import pickle
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs and job_events
 INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
 
 _SCHEMA = """
@@ -25,6 +28,16 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     key TEXT PRIMARY KEY, blob BLOB, path TEXT, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, pool TEXT NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL, session TEXT,
+    status TEXT NOT NULL, max_retries INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, started REAL, finished REAL, result BLOB, error TEXT, events INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, pool);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (job_id, seq)
 );
 """
 
@@ -45,6 +58,8 @@ class Store:
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.dir}: store schema {row[0]} is newer than this orchestrator ({SCHEMA_VERSION})")
+        else:  # older schemas only lack tables, which the script above just created
+            self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def put_checkpoint(self, key: str, blob: bytes) -> None:
         """Save (replace) a checkpoint."""
@@ -94,7 +109,114 @@ class Store:
                 "UPDATE sessions SET closed=?, close_reason=? WHERE id=?", (time.time(), reason, session_id)
             )
 
+    # ------------------------------------------------------------------ jobs
+    def put_job(self, job: dict[str, Any]) -> None:
+        """Insert a new job row."""
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, created) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    job["id"],
+                    job["pool"],
+                    job["op"],
+                    pickle.dumps(job["args"]),
+                    job["session"],
+                    job["status"],
+                    job["max_retries"],
+                    job["created"],
+                ),
+            )
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set some of a job's columns (result is pickled, error is JSON)."""
+        if "result" in fields:
+            fields["result"] = pickle.dumps(fields["result"])
+        if "error" in fields and fields["error"] is not None:
+            fields["error"] = json.dumps(fields["error"])
+        columns = ", ".join(f"{name}=?" for name in fields)
+        with self.lock:
+            self.db.execute(f"UPDATE jobs SET {columns} WHERE id=?", (*fields.values(), job_id))
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """One job as a dict, or None."""
+        with self.lock:
+            cursor = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
+            row = cursor.fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Jobs, newest first, optionally of one pool and/or status."""
+        where, params = [], []
+        if pool is not None:
+            where.append("pool=?")
+            params.append(pool)
+        if status is not None:
+            where.append("status=?")
+            params.append(status)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY created DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def count_jobs(self) -> dict[str, dict[str, int]]:
+        """Jobs by pool, then by status."""
+        with self.lock:
+            rows = self.db.execute("SELECT pool, status, COUNT(*) FROM jobs GROUP BY pool, status").fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for pool, status, n in rows:
+            counts.setdefault(pool, {})[status] = n
+        return counts
+
+    def append_event(self, job_id: str, seq: int, data: Any) -> None:
+        """Log one event (seq is 1, 2, ... per job); committed before anyone reads it."""
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
+                (job_id, seq, pickle.dumps(data), time.time()),
+            )
+            self.db.execute("UPDATE jobs SET events=? WHERE id=?", (seq, job_id))
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, Any]]:
+        """Logged events with seq > after, in order."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT seq, data FROM job_events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?", (job_id, after, limit)
+            ).fetchall()
+        return [(seq, pickle.loads(data)) for seq, data in rows]
+
+    def delete_jobs_before(self, finished_before: float) -> int:
+        """Retention: drop finished jobs (and their events and checkpoints) older than a time."""
+        with self.lock:
+            ids = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT id FROM jobs WHERE finished IS NOT NULL AND finished<?", (finished_before,)
+                )
+            ]
+            for job_id in ids:
+                self.db.execute("DELETE FROM job_events WHERE job_id=?", (job_id,))
+                self.db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+        for job_id in ids:
+            self.delete_checkpoint(f"job:{job_id}")
+        return len(ids)
+
     def close(self) -> None:
         """Close the database."""
         with self.lock:
             self.db.close()
+
+
+_JOB_COLUMNS = (
+    "id, pool, op, args, session, status, max_retries, attempts, created, started, finished, result, error, events"
+)
+
+
+def _job(row: tuple[Any, ...]) -> dict[str, Any]:
+    names = [name.strip() for name in _JOB_COLUMNS.split(",")]
+    job = dict(zip(names, row, strict=True))
+    job["args"] = pickle.loads(job["args"])
+    job["result"] = pickle.loads(job["result"]) if job["result"] is not None else None
+    job["error"] = json.loads(job["error"]) if job["error"] else None
+    return job

@@ -10,6 +10,8 @@ Args = dict[str, Any]
 # What a caller sends a WorkerHost, as ONE Ray argument (each extra Ray argument
 # costs ~40 us to serialize): op, args, session id, session sequence, caller id, call id.
 Request = tuple[str, Args, str | None, int | None, str, str]
+# A job run: job id, the pickled checkpoint to resume from (or None), events logged at that checkpoint.
+JobRun = tuple[str, bytes | None, int]
 
 
 class Final:

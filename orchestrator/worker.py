@@ -178,9 +178,10 @@ class Context:
     resume: Any = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _checkpoint: Callable[[Any], None] | None = field(default=None, repr=False)
-    _progress: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     _orchestrator: Callable[[], Orchestrator] | None = field(default=None, repr=False)
     last_progress: dict[str, Any] = field(default_factory=dict, repr=False)
+    yielded: int = field(default=0, repr=False)  # events this run has yielded (jobs: for checkpoint positions)
+    pending: list[Any] = field(default_factory=list, repr=False)  # job progress events, sent before the next one
 
     @property
     def cancelled(self) -> bool:
@@ -198,10 +199,10 @@ class Context:
         self._checkpoint(self.state if obj is None else obj)
 
     def progress(self, **fields: Any) -> None:
-        """Report progress (e.g. ``done=3, total=10``); visible in status and job events."""
+        """Report progress (e.g. ``done=3, total=10``): in a job, a ``{"progress": {...}}`` event; always in status."""
         self.last_progress.update(fields)
-        if self._progress is not None:
-            self._progress(fields)
+        if self.job_id is not None:
+            self.pending.append({"progress": dict(fields)})
 
     @property
     def orchestrator(self) -> Orchestrator:

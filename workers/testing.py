@@ -151,6 +151,28 @@ class Toolbox(Worker):
         return n
 
     @op
+    def trials(
+        self, ctx: Context, n: int, interval: float = 0.0, checkpoint_every: int = 1, ignore_cancel: bool = False
+    ) -> Generator[dict[str, Any], None, dict[str, Any]]:
+        """A resumable job: one event per trial, a checkpoint every few trials, progress as it goes.
+
+        It follows the checkpoint contract: a re-run continues from exactly where
+        the checkpoint was taken (right after the trial it covers was yielded).
+        """
+        start = ctx.resume["next"] if ctx.resume else 0
+        total = ctx.resume["total"] if ctx.resume else 0
+        for t in range(start, n):
+            if ctx.cancelled and not ignore_cancel:
+                return {"total": total, "started_from": start, "stopped_at": t}
+            time.sleep(interval)
+            total += t
+            ctx.progress(done=t + 1, total=n)
+            yield {"trial": t}
+            if (t + 1) % checkpoint_every == 0:
+                ctx.checkpoint({"next": t + 1, "total": total})
+        return {"total": total, "started_from": start}
+
+    @op
     async def aticker(self, n: int) -> AsyncIterator[dict[str, int]]:
         """An async generator op."""
         for i in range(n):

@@ -1,0 +1,301 @@
+"""Long-running jobs, run by the coordinator: a queue per pool, an exactly-once event log, retries.
+
+A job is a streaming op run on one actor. Each event it yields is appended
+to the store with the next sequence number before any reader can see it;
+readers only read the store. When the actor dies, the job is re-run (up to
+``max_retries``) on a live actor with ``ctx.resume`` set to its last
+checkpoint. A checkpoint marks a position in the event stream, so events a
+re-run yields again up to what was already logged are dropped, not repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from orchestrator.errors import (
+    JobNotFound,
+    OpNotFound,
+    PoolNotFound,
+    PoolUnavailable,
+    SessionNotFound,
+    WorkerCrashed,
+)
+from orchestrator.types import Failure, Final
+
+if TYPE_CHECKING:
+    from orchestrator.coordinator import Coordinator
+    from orchestrator.pools import ActorSlot, PoolState
+
+FINISHED = ("succeeded", "failed", "cancelled")
+CHECKPOINT_WAIT_S = 60.0
+
+
+@dataclass
+class Run:
+    """One attempt of a job on one actor."""
+
+    job_id: str
+    pool: str
+    slot: int
+    gen: int
+    handle: Any
+    call_id: str
+    cancel: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class JobRunner:
+    """Queues, runs, retries and cancels jobs; serves their event logs."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.store = coordinator.store
+        self.options = coordinator.config.jobs
+        self.queues: dict[str, deque[str]] = {}
+        self.runs: dict[str, Run] = {}
+        self.logged: dict[str, int] = {}
+        self.changed = asyncio.Condition()
+
+    # --------------------------------------------------------------- submit
+    async def submit(
+        self, pool_name: str, op: str, args: dict[str, Any], session: str | None, max_retries: int | None
+    ) -> Any:
+        """Queue a job; unknown pool/op and bad arguments are refused now, not later."""
+        pool = self.coordinator.pools.get(pool_name)
+        if pool is None:
+            known = ", ".join(sorted(self.coordinator.pools))
+            return Failure(PoolNotFound(f"no pool {pool_name!r} (pools: {known})", pool=pool_name).to_dict())
+        if pool.state in ("failed", "stopped"):
+            return Failure(PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool_name).to_dict())
+        if pool.ops and op not in pool.ops:
+            message = f"pool {pool_name!r} has no op {op!r} (ops: {', '.join(sorted(pool.ops))})"
+            return Failure(OpNotFound(message, pool=pool_name, op=op).to_dict())
+        if session is not None and self.coordinator.sessions.get(session, {}).get("pool") != pool_name:
+            return Failure(
+                SessionNotFound(f"no open session {session} in pool {pool_name!r}", pool=pool_name).to_dict()
+            )
+        ready = [s for s in pool.slots if s.state == "ready"]
+        if ready:
+            problem = await ready[0].handle.validate.remote(op, args)
+            if problem is not None:
+                return problem
+        job_id = uuid.uuid4().hex
+        job: dict[str, Any] = {
+            "id": job_id,
+            "pool": pool_name,
+            "op": op,
+            "args": args,
+            "session": session,
+            "status": "queued",
+            "max_retries": self.options.max_retries if max_retries is None else max_retries,
+            "created": time.time(),
+        }
+        self.store.put_job(job)
+        self.logged[job_id] = 0
+        self.queues.setdefault(pool_name, deque()).append(job_id)
+        self.dispatch()
+        return self.get(job_id)
+
+    # -------------------------------------------------------------- running
+    def dispatch(self) -> None:
+        """Start queued jobs on actors with a free slot (called on submit, finish and every tick)."""
+        for pool_name, queue in self.queues.items():
+            pool = self.coordinator.pools.get(pool_name)
+            if pool is not None and pool.state in ("failed", "stopped"):
+                self._fail_queued(pool, queue)
+            if pool is None or pool.state != "running":
+                continue
+            while queue:
+                job = self.store.get_job(queue[0])
+                if job is None or job["status"] in FINISHED:
+                    queue.popleft()
+                    continue
+                slot = self._free_slot(pool, job["session"])
+                if slot is None:
+                    break
+                queue.popleft()
+                self._start(pool, slot, job)
+
+    def _fail_queued(self, pool: PoolState, queue: deque[str]) -> None:
+        """A failed pool will run nothing: its waiting jobs fail now instead of waiting forever."""
+        error = PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool.name).to_dict()
+        while queue:
+            self.store.update_job(queue.popleft(), status="failed", finished=time.time(), error=error)
+
+    def _free_slot(self, pool: PoolState, session: str | None) -> ActorSlot | None:
+        busy: dict[int, int] = {}
+        for run in self.runs.values():
+            if run.pool == pool.name:
+                busy[run.slot] = busy.get(run.slot, 0) + 1
+        if session is not None:
+            record = self.coordinator.sessions.get(session)
+            slots = [pool.slots[record["slot"]]] if record else []
+        else:
+            slots = pool.slots
+        capacity = pool.spec.limits.concurrency
+        free = [s for s in slots if s.state == "ready" and busy.get(s.index, 0) < capacity]
+        return min(free, key=lambda s: busy.get(s.index, 0), default=None)
+
+    def recover(self) -> int:
+        """Queue the unfinished jobs a previous coordinator left in the store (resumed from checkpoints)."""
+        unfinished = [j for j in self.store.list_jobs(limit=1_000_000) if j["status"] not in FINISHED]
+        for job in sorted(unfinished, key=lambda j: j["created"]):
+            if job["pool"] in self.coordinator.pools:
+                self.store.update_job(job["id"], status="retrying" if job["attempts"] else "queued")
+                self.logged[job["id"]] = job["events"]
+                self.queues.setdefault(job["pool"], deque()).append(job["id"])
+        return len(unfinished)
+
+    def _start(self, pool: PoolState, slot: ActorSlot, job: dict[str, Any]) -> None:
+        run = Run(job["id"], pool.name, slot.index, slot.gen, slot.handle, uuid.uuid4().hex)
+        self.runs[job["id"]] = run
+        run.task = asyncio.create_task(self._run(pool, run, job))
+
+    async def _run(self, pool: PoolState, run: Run, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        checkpoint = self.store.get_checkpoint(f"job:{job_id}")
+        resume, base = pickle.loads(checkpoint) if checkpoint is not None else (None, 0)
+        resume_blob = pickle.dumps(resume) if checkpoint is not None else None
+        logged = self.logged.setdefault(job_id, job["events"])
+        attempts = job["attempts"] + 1
+        self.store.update_job(job_id, status="running", attempts=attempts, started=job["started"] or time.time())
+        request = (job["op"], job["args"], job["session"], None, "jobs", run.call_id)
+        method = run.handle.stream.options(
+            num_returns="streaming",
+            name=f"job:{job_id}",  # findable in the Ray dashboard
+            _generator_backpressure_num_objects=pool.spec.limits.stream_buffer,
+        )
+        outcome: Any = None
+        position = base
+        try:
+            async for ref in method.remote(request, False, (job_id, resume_blob, base)):
+                item = await ref
+                if isinstance(item, Final | Failure):
+                    outcome = item
+                    break
+                position += 1
+                if position <= logged:
+                    continue  # re-yielded after a resume: already in the log
+                self.store.append_event(job_id, position, item)
+                logged = self.logged[job_id] = position
+                await self._notify()
+        except RayActorError as exc:
+            outcome = exc
+        except Exception as exc:  # e.g. an event that cannot be pickled: fail the job, never the loop
+            outcome = Failure(WorkerCrashed(f"job runner error: {exc}", pool=run.pool, op=job["op"]).to_dict())
+        finally:
+            self.runs.pop(job_id, None)
+        await self._finish(pool, run, job, attempts, outcome)
+
+    async def _finish(self, pool: PoolState, run: Run, job: dict[str, Any], attempts: int, outcome: Any) -> None:
+        job_id = job["id"]
+        now = time.time()
+        if run.cancel:
+            self.store.update_job(job_id, status="cancelled", finished=now)
+        elif isinstance(outcome, Final):
+            self.store.update_job(job_id, status="succeeded", finished=now, result=outcome.value)
+        elif isinstance(outcome, Failure):
+            self.store.update_job(job_id, status="failed", finished=now, error=outcome.error)
+        elif isinstance(outcome, RayActorError) and attempts <= job["max_retries"]:
+            self.store.update_job(job_id, status="retrying")
+            pool.event("job_retry", None, f"job {job_id}: actor died; re-run {attempts}/{job['max_retries']}")
+            self.queues.setdefault(pool.name, deque()).appendleft(job_id)
+            await self.coordinator.report_dead(pool.name, run.slot, run.gen)
+        else:
+            why = f"the actor died (after {attempts} attempt(s))" if outcome is not None else "the stream ended early"
+            error = WorkerCrashed(f"job {job_id}: {why}", pool=pool.name, op=job["op"])
+            self.store.update_job(job_id, status="failed", finished=now, error=error.to_dict())
+        await self._notify()
+        self.dispatch()
+
+    async def checkpoint(self, job_id: str, blob: bytes, position: int) -> None:
+        """Store a job checkpoint once every event yielded before it is logged (so none is skipped later)."""
+        async with self.changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.changed.wait_for(lambda: self.logged.get(job_id, 0) >= position), CHECKPOINT_WAIT_S
+                )
+        self.store.put_checkpoint(f"job:{job_id}", pickle.dumps((pickle.loads(blob), position)))
+
+    # --------------------------------------------------------------- cancel
+    async def cancel(self, job_id: str) -> Any:
+        """Cooperative cancel (``ctx.cancelled``), then a hard kill after the grace period."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return Failure(JobNotFound(f"no job {job_id}").to_dict())
+        if job["status"] in FINISHED:
+            return {
+                "id": job_id,
+                "status": job["status"],
+                "cancelled": False,
+                "message": f"job already {job['status']}",
+            }
+        run = self.runs.get(job_id)
+        if run is None:  # queued or waiting to be retried
+            self.store.update_job(job_id, status="cancelled", finished=time.time())
+            await self._notify()
+            return {"id": job_id, "status": "cancelled", "cancelled": True, "message": "cancelled before it ran"}
+        run.cancel = True
+        run.handle.cancel.remote(run.call_id)
+        self.coordinator._spawn(self._kill_after_grace(run))
+        return {"id": job_id, "status": "running", "cancelled": True, "message": "cancelling: the op was asked to stop"}
+
+    async def _kill_after_grace(self, run: Run) -> None:
+        if run.task is None:
+            return
+        done, _ = await asyncio.wait({run.task}, timeout=self.options.cancel_grace_s)
+        if not done:
+            ray.kill(run.handle, no_restart=True)  # the supervisor restarts the actor
+
+    # --------------------------------------------------------------- reading
+    def get(self, job_id: str) -> Any:
+        """A job's record (without its events), or job_not_found."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return Failure(JobNotFound(f"no job {job_id}").to_dict())
+        return job
+
+    def list(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        return self.store.list_jobs(pool, status, limit)
+
+    async def events(self, job_id: str, after: int = 0, wait_s: float = 0.0, limit: int = 1000) -> Any:
+        """Logged events after ``after`` (waiting up to ``wait_s`` for one), and whether the job is over."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return Failure(JobNotFound(f"no job {job_id}").to_dict())
+        events = self.store.events(job_id, after, limit)
+        if not events and wait_s > 0 and job["status"] not in FINISHED:
+            async with self.changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait_for(lambda: self._moved(job_id, after)), wait_s)
+            events = self.store.events(job_id, after, limit)
+            job = self.store.get_job(job_id) or job
+        finished = job["status"] in FINISHED and (not events or events[-1][0] >= job["events"])
+        return {"events": events, "status": job["status"], "finished": finished}
+
+    def _moved(self, job_id: str, after: int) -> bool:
+        job = self.store.get_job(job_id)
+        return job is None or job["events"] > after or job["status"] in FINISHED
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs by pool and status."""
+        return self.store.count_jobs()
+
+    def expire(self) -> int:
+        """Retention: forget finished jobs older than ``jobs.retention_s``."""
+        return self.store.delete_jobs_before(time.time() - self.options.retention_s)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()

@@ -1,0 +1,114 @@
+"""Jobs over HTTP: submit, SSE events with Last-Event-ID, result, cancel; the gateway restarted mid-stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import orchestrator
+from tests.conftest import GatewayProcess, Start, toolbox, wait_until
+
+
+@pytest.fixture(scope="module")
+def orch(start_orchestrator: Start) -> orchestrator.Orchestrator:
+    return start_orchestrator({"jobs": toolbox(size=2)})
+
+
+@pytest.fixture(scope="module")
+def gateway(orch: orchestrator.Orchestrator) -> Iterator[GatewayProcess]:
+    server = GatewayProcess(orch.namespace)
+    yield server
+    server.stop()
+
+
+def read_sse(lines: Iterator[str]) -> Iterator[tuple[int, str, Any]]:
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if fields:
+                yield int(fields["id"]), fields["event"], json.loads(fields["data"])
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+
+
+def test_submit_follow_and_result(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        submitted = http.post("/v1/jobs", json={"pool": "jobs", "op": "trials", "args": {"n": 5}})
+        assert submitted.status_code == 202
+        job = submitted.json()
+        assert job["status"] in ("queued", "running") and job["pool"] == "jobs"
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+            messages = list(read_sse(response.iter_lines()))
+        assert [m[0] for m in messages[:-1]] == list(range(1, 11))
+        assert messages[-1][1:] == ("end", {"status": "succeeded"})
+        result = http.get(f"/v1/jobs/{job['id']}/result", params={"timeout": 10}).json()
+        assert result == {"id": job["id"], "status": "succeeded", "result": {"total": 10, "started_from": 0}}
+        assert http.get(f"/v1/jobs/{job['id']}").json()["events"] == 10
+        assert job["id"] in {j["id"] for j in http.get("/v1/jobs", params={"pool": "jobs"}).json()["jobs"]}
+        # Last-Event-ID resumes after that event; follow=false returns what is logged and ends.
+        headers = {"last-event-id": "7"}
+        with http.stream(
+            "GET", f"/v1/jobs/{job['id']}/events", headers=headers, params={"follow": "false"}
+        ) as response:
+            assert [m[0] for m in read_sse(response.iter_lines())][:-1] == [8, 9, 10]
+
+
+def test_gateway_restart_mid_stream_loses_and_repeats_nothing(orch: orchestrator.Orchestrator) -> None:
+    first = GatewayProcess(orch.namespace)
+    job = httpx.post(
+        f"{first.url}/v1/jobs", json={"pool": "jobs", "op": "trials", "args": {"n": 60, "interval": 0.05}}
+    ).json()
+    seen: list[int] = []
+    with httpx.Client(timeout=60) as http:
+        with http.stream("GET", f"{first.url}/v1/jobs/{job['id']}/events") as response:
+            for seq, event, _ in read_sse(response.iter_lines()):
+                assert event == "event"
+                seen.append(seq)
+                if len(seen) == 15:
+                    first.process.kill()  # the gateway dies mid-stream
+                    break
+        second = GatewayProcess(orch.namespace)
+        try:
+            headers = {"last-event-id": str(seen[-1])}
+            with http.stream("GET", f"{second.url}/v1/jobs/{job['id']}/events", headers=headers) as response:
+                rest = list(read_sse(response.iter_lines()))
+        finally:
+            second.stop()
+    seen += [seq for seq, event, _ in rest if event == "event"]
+    assert seen == list(range(1, 121)), "an event was missed or repeated across the gateway restart"
+    assert rest[-1][1:] == ("end", {"status": "succeeded"})
+    first.stop()
+
+
+def test_cancel_and_bad_input(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        job = http.post(
+            "/v1/jobs", json={"pool": "jobs", "op": "trials", "args": {"n": 100000, "interval": 0.01}}
+        ).json()
+        wait_until(lambda: http.get(f"/v1/jobs/{job['id']}").json()["events"] > 1, what="job to start")
+        assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["cancelled"] is True
+        wait_until(lambda: http.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled", what="cancelled")
+        again = http.post(f"/v1/jobs/{job['id']}/cancel").json()
+        assert again["cancelled"] is False and again["message"] == "job already cancelled"
+        assert http.get(f"/v1/jobs/{job['id']}/result").json()["error"]["code"] == "job_cancelled"
+
+        def code(response: httpx.Response, status: int) -> str:
+            assert response.status_code == status, response.text
+            return str(response.json()["error"]["code"])
+
+        assert code(http.get("/v1/jobs/nope"), 404) == "job_not_found"
+        assert code(http.get("/v1/jobs/nope/events"), 404) == "job_not_found"
+        assert code(http.post("/v1/jobs/nope/cancel"), 404) == "job_not_found"
+        assert code(http.post("/v1/jobs", json={"pool": "nope", "op": "trials"}), 404) == "pool_not_found"
+        assert code(http.post("/v1/jobs", json={"pool": "jobs", "op": "nope"}), 404) == "op_not_found"
+        bad = http.post("/v1/jobs", json={"pool": "jobs", "op": "trials", "args": {"n": "x"}})
+        assert code(bad, 422) == "invalid_arguments" and bad.json()["error"]["detail"][0]["field"] == "n"
+        assert code(http.post("/v1/jobs", json={"pool": "jobs"}), 422) == "invalid_arguments"
+        running = http.post("/v1/jobs", json={"pool": "jobs", "op": "trials", "args": {"n": 50, "interval": 0.05}})
+        assert code(http.get(f"/v1/jobs/{running.json()['id']}/result"), 504) == "timeout"
