@@ -77,12 +77,21 @@ def progress_table(status: dict[str, Any]) -> Table:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start Ray (or join --address), the pools and the HTTP gateway; Ctrl-C or SIGTERM drains and stops."""
+    """Start Ray (or join --address), the pools and the HTTP gateway; Ctrl-C or SIGTERM drains and stops.
+
+    The gateway runs in a child process this one supervises: it can crash or be
+    restarted without touching Ray, the pools, sessions or running jobs.
+    """
+    import os
+    import signal
+    import subprocess
+
+    import ray
     from rich.live import Live
 
     from orchestrator.api import start
     from orchestrator.config import load_config
-    from orchestrator.gateway import check_bind, serve
+    from orchestrator.gateway import check_bind
 
     config = load_config(args.config)
     gateway = config.gateway
@@ -97,12 +106,26 @@ def cmd_up(args: argparse.Namespace) -> int:
     if dashboard:
         console.print(f"Ray dashboard: {dashboard}")
 
-    def ready(url: str) -> None:
-        console.print(f"gateway: {url}  (docs: {url}/docs; Ctrl-C or `orchestrator down` stops everything)")
-
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    command = [sys.executable, "-m", "orchestrator", "gateway", "--address", ray.get_runtime_context().gcs_address]
+    command += ["--namespace", orch.namespace, "--host", host, "--port", str(port)]
+    command += ["--max-body", str(gateway.max_body), "--stop-parent"]
+    env = {**os.environ, **({"ORCHESTRATOR_TOKEN": gateway.token} if gateway.token else {})}
+    child: subprocess.Popen[bytes] | None = None
     try:
-        serve(orch, host=host, port=port, token=gateway.token, max_body=gateway.max_body, on_ready=ready)
+        while not stop["now"]:
+            if child is None or child.poll() is not None:
+                if child is not None:
+                    console.print(f"the gateway exited ({child.returncode}); restarting it")
+                child = subprocess.Popen(command, env=env)
+                console.print(f"gateway: http://{host}:{port}  (docs: /docs; Ctrl-C or `orchestrator down` stops)")
+            time.sleep(0.2)
     finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            child.wait(timeout=30)
         console.print("shutting down: draining calls and checkpointing sessions...")
         summary = orch.shutdown()
         console.print(
@@ -125,8 +148,21 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         console.print(f"gateway: {url}", highlight=False)
 
+    def stop_parent() -> None:  # under `orchestrator up`: POST /v1/shutdown stops everything
+        import signal
+
+        os.kill(os.getppid(), signal.SIGTERM)
+
     try:
-        serve(orch, host=args.host, port=args.port, token=token, max_body=args.max_body, on_ready=ready)
+        serve(
+            orch,
+            host=args.host,
+            port=args.port,
+            token=token,
+            max_body=args.max_body,
+            on_ready=ready,
+            on_shutdown=stop_parent if args.stop_parent else None,
+        )
     finally:
         orch.close()
     return 0
@@ -305,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs ORCHESTRATOR_TOKEN)")
     gateway.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     gateway.add_argument("--max-body", type=int, default=16 * 1024**2, help="request body limit in bytes")
+    gateway.add_argument("--stop-parent", action="store_true", help="POST /v1/shutdown stops the parent `up`")
     add("down", cmd_down)
     status = add("status", cmd_status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")

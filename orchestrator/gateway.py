@@ -408,18 +408,15 @@ def serve(
     token: str | None = None,
     max_body: int = 16 * 1024**2,
     on_ready: Callable[[str], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> None:
-    """Serve the gateway with uvicorn until SIGINT/SIGTERM or POST /v1/shutdown."""
+    """Serve the gateway with uvicorn until SIGINT/SIGTERM (or POST /v1/shutdown, when ``on_shutdown`` is given)."""
     import uvicorn
 
     check_bind(host, token)
     server: uvicorn.Server | None = None
 
-    def request_stop() -> None:
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(orch, token=token, max_body=max_body, on_shutdown=request_stop)
+    app = create_app(orch, token=token, max_body=max_body, on_shutdown=on_shutdown)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if on_ready is not None:

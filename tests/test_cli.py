@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import ROOT, free_port, wait_until
 
-COMMANDS = ["up", "gateway", "down", "status", "call", "sessions"]
+COMMANDS = ["up", "gateway", "down", "status", "call", "sessions", "jobs", "jobs submit", "jobs watch", "jobs list"]
+COMMANDS += ["jobs cancel", "jobs result"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -24,7 +26,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
-    result = run(command, "--help")
+    result = run(*command.split(), "--help")
     assert result.returncode == 0 and "usage: orchestrator" in result.stdout
 
 
@@ -83,6 +85,31 @@ pools:
         assert bad.returncode == 2 and "invalid_arguments" in bad.stdout and "a:" in bad.stdout
         assert run("call", "toolbox", "echo", "novalue", env=env).returncode == 2
         assert "sessions" in run("sessions", env=env).stdout
+
+        # A job keeps running while the gateway process dies and `up` restarts it.
+        job_id = run("jobs", "submit", "toolbox", "trials", "n=30", "interval=0.05", env=env).stdout.strip()
+        actor_pid = pools[0]["actors"][0]["pid"]
+        def gateway_child() -> psutil.Process | None:
+            for child in psutil.Process(up.pid).children():
+                try:
+                    if "gateway" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                        return child
+                except psutil.Error:  # exited (or a zombie) while we looked
+                    continue
+            return None
+
+        gateway = gateway_child()
+        assert gateway is not None
+        gateway.kill()
+        wait_until(lambda: (gateway_child() or gateway).pid != gateway.pid, what="a new gateway process")
+        wait_until(ready, timeout=60, what="the restarted gateway")
+        watch = run("jobs", "watch", job_id, env=env)
+        assert watch.returncode == 0, watch.stdout + watch.stderr
+        assert f"job {job_id}: succeeded" in watch.stdout and '"total": 435' in watch.stdout
+        assert json.loads(run("jobs", "result", job_id, env=env).stdout) == {"total": 435, "started_from": 0}
+        assert job_id in run("jobs", "list", env=env).stdout
+        assert "job already succeeded" in run("jobs", "cancel", job_id, env=env).stdout
+        assert json.loads(run("status", "--json", env=env).stdout)[0]["actors"][0]["pid"] == actor_pid
 
         down = run("down", env=env)
         assert down.returncode == 0, down.stdout + down.stderr
