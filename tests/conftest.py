@@ -111,13 +111,15 @@ def free_port() -> int:
 class GatewayProcess:
     """``orchestrator gateway`` in a subprocess (a real uvicorn) against an orchestrator on the test Ray."""
 
-    def __init__(self, namespace: str, token: str | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, namespace: str, token: str | None = None, extra: list[str] | None = None, port: int | None = None
+    ) -> None:
         import subprocess
         import sys
 
         import httpx
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_TOKEN"}
         if token:

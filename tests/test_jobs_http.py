@@ -112,3 +112,51 @@ def test_cancel_and_bad_input(gateway: GatewayProcess) -> None:
         assert code(http.post("/v1/jobs", json={"pool": "jobs"}), 422) == "invalid_arguments"
         running = http.post("/v1/jobs", json={"pool": "jobs", "op": "trials", "args": {"n": 50, "interval": 0.05}})
         assert code(http.get(f"/v1/jobs/{running.json()['id']}/result"), 504) == "timeout"
+
+
+def test_sdk_job_events_reconnect_across_a_gateway_restart(orch: orchestrator.Orchestrator) -> None:
+    import threading
+
+    from orchestrator import Client
+
+    first = GatewayProcess(orch.namespace)
+    port = first.port
+    with Client(first.url) as client:
+        job = client.submit("jobs", "trials", n=60, interval=0.05)
+        seen: list[int] = []
+        restarted: list[GatewayProcess] = []
+
+        def restart() -> None:
+            first.process.kill()
+            first.process.wait()
+            restarted.append(GatewayProcess(orch.namespace, port=port))
+
+        for seq, _ in job.events():
+            seen.append(seq)
+            if len(seen) == 10:
+                threading.Thread(target=restart).start()
+        assert seen == list(range(1, 121)), "the SDK must resume from the last id with nothing missed or repeated"
+        assert job.result(timeout=30) == {"total": sum(range(60)), "started_from": 0}
+        assert job.status()["status"] == "succeeded"
+    for server in restarted:
+        server.stop()
+
+
+def test_async_sdk_jobs(gateway: GatewayProcess) -> None:
+    import asyncio
+
+    from orchestrator import AsyncClient, errors
+
+    async def main() -> tuple[list[int], Any, str]:
+        async with AsyncClient(gateway.url) as client:
+            job = await client.submit("jobs", "trials", n=4)
+            seqs = [seq async for seq, _ in job.events()]
+            result = await job.result(timeout=30)
+            try:
+                await client.job("nope")
+            except errors.JobNotFound as exc:
+                code = exc.code
+            return seqs, result, code
+
+    seqs, result, code = asyncio.run(main())
+    assert seqs == list(range(1, 9)) and result == {"total": 6, "started_from": 0} and code == "job_not_found"
