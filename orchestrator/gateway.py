@@ -62,18 +62,32 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.token is not None and scope["path"] not in OPEN_PATHS:
-            given = headers.get("authorization", "")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                message = "missing or wrong bearer token" if given else "missing Authorization: Bearer header"
-                await error_response(Unauthorized(message))(scope, receive, send)
-                return
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await self._too_large(scope, receive, send)
+        authorization, length = b"", None
+        for name, value in scope["headers"]:  # only the two headers we need; no dict of them all
+            lowered = name.lower()
+            if lowered == b"authorization":
+                authorization = value
+            elif lowered == b"content-length":
+                length = value
+        if not self._authorized(scope["path"], authorization):
+            message = "missing or wrong bearer token" if authorization else "missing Authorization: Bearer header"
+            await error_response(Unauthorized(message))(scope, receive, send)
             return
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body:
+                await self._too_large(scope, receive, send)
+            else:  # the server never delivers more than Content-Length: nothing to count
+                await self.app(scope, receive, send)
+            return
+        await self._counted(scope, receive, send)
+
+    def _authorized(self, path: str, authorization: bytes) -> bool:
+        if self.token is None or path in OPEN_PATHS:
+            return True
+        return hmac.compare_digest(authorization, f"Bearer {self.token}".encode())
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body without Content-Length (chunked): count the bytes as they arrive."""
         received = 0
         started = False
 
@@ -137,6 +151,8 @@ OP_BODY = {
 
 async def op_arguments(request: Request, pool: str | None, op: str) -> dict[str, Any]:
     """The JSON object body of an op call ({} when empty); malformed or non-object bodies are 422."""
+    if request.headers.get("content-length") == "0":
+        return {}
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -199,7 +215,6 @@ def create_app(
     @app.post("/v1/pools/{pool}/ops/{op}", tags=["ops"], openapi_extra=OP_BODY)
     async def call_op(pool: str, op: str, request: Request) -> Response:
         """Run an op. With ``Accept: text/event-stream`` a streaming op answers Server-Sent Events."""
-        orch.router.check_op(pool, op)
         return await _run(orch, pool, op, await op_arguments(request, pool, op), None, request)
 
     @app.post("/v1/sessions", tags=["sessions"], status_code=201)

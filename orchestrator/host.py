@@ -80,7 +80,6 @@ class WorkerHost:
         self.max_memory: int | None = limits.get("max_memory")
         self.max_calls: int | None = limits.get("max_calls")
         self.checkpoint_mode: str = spec.get("sessions", {}).get("checkpoint", "explicit")
-        self.slots = threading.BoundedSemaphore(limits.get("concurrency", 1))
         self.lock = threading.Lock()
         self.calls = 0
         self.inflight = 0
@@ -138,7 +137,7 @@ class WorkerHost:
         """Set ``ctx.cancelled`` for a running call (the op stops cooperatively)."""
         ctx = self.running.get(call_id)
         if ctx is not None:
-            ctx._cancel.set()
+            ctx._cancelled = True
         return ctx is not None
 
     @ray.method(concurrency_group=ADMIN)
@@ -425,7 +424,11 @@ class _Recycling(Exception):
 
 
 class _Turn:
-    """Runs a session call in its turn: one at a time, in the caller's order."""
+    """Runs a session call in its turn: one at a time, in the caller's order.
+
+    (How many ops an actor runs at once is bounded by Ray itself: the actor's
+    default thread group has ``limits.concurrency`` threads.)
+    """
 
     def __init__(self, host: WorkerHost, session: str | None, seq: int | None, caller: str, inline: bool):
         self.host, self.session, self.seq, self.caller, self.inline = host, session, seq, caller, inline
@@ -442,13 +445,9 @@ class _Turn:
                     if not slot.cond.wait(timeout=max(0.0, deadline - time.monotonic())) and not slot.busy:
                         break  # an earlier call never arrived: don't wait on it forever
                 slot.busy = True
-        if not self.inline:
-            self.host.slots.acquire()
         return self.slot.state if self.slot else None
 
     def __exit__(self, *exc: object) -> None:
-        if not self.inline:
-            self.host.slots.release()
         if self.slot is not None:
             with self.slot.cond:
                 self.slot.busy = False

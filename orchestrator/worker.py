@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
@@ -176,7 +175,7 @@ class Context:
     job_id: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
     resume: Any = None
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancelled: bool = field(default=False, repr=False)  # set from the admin thread; a bool store is atomic
     _checkpoint: Callable[[Any], None] | None = field(default=None, repr=False)
     _orchestrator: Callable[[], Orchestrator] | None = field(default=None, repr=False)
     last_progress: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -186,7 +185,7 @@ class Context:
     @property
     def cancelled(self) -> bool:
         """True once the caller went away or cancelled; a long op should stop soon after."""
-        return self._cancel.is_set()
+        return self._cancelled
 
     def checkpoint(self, obj: Any = None) -> None:
         """Save ``obj`` (in a session: the session state when ``obj`` is None) durably.
