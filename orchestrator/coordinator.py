@@ -465,6 +465,9 @@ class Coordinator:
                 if slot.handle is not None and slot.state != "stopped":
                     ray.kill(slot.handle, no_restart=True)
                     slot.state = "stopped"
+        running = [run.task for run in self.jobs.runs.values() if run.task is not None]
+        if running:  # let interrupted jobs record themselves as queued before the store closes
+            await asyncio.wait(running, timeout=5.0)
         self.store.close()
         return {"actors_stopped": len(live), "sessions_checkpointed": sum(saved)}
 

@@ -111,7 +111,7 @@ class JobRunner:
         """Start queued jobs on actors with a free slot (called on submit, finish and every tick)."""
         for pool_name, queue in self.queues.items():
             pool = self.coordinator.pools.get(pool_name)
-            if pool is not None and pool.state in ("failed", "stopped"):
+            if pool is not None and pool.state == "failed":
                 self._fail_queued(pool, queue)
             if pool is None or pool.state != "running":
                 continue
@@ -200,6 +200,12 @@ class JobRunner:
     async def _finish(self, pool: PoolState, run: Run, job: dict[str, Any], attempts: int, outcome: Any) -> None:
         job_id = job["id"]
         now = time.time()
+        if self.coordinator.stopping and not run.cancel and not isinstance(outcome, Final | Failure):
+            # Shut down under it: left queued, it resumes from its checkpoint when an orchestrator
+            # starts again on this state_dir (JobRunner.recover).
+            self.store.update_job(job_id, status="queued")
+            await self._notify()
+            return
         if run.cancel:
             self.store.update_job(job_id, status="cancelled", finished=now)
         elif isinstance(outcome, Final):

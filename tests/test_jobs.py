@@ -130,3 +130,21 @@ def test_job_in_a_session_uses_its_state(orch: orchestrator.Orchestrator) -> Non
         session.call("incr", by=41)
         job = orch.submit("jobs", "incr", _session=session)
         assert job.result(timeout=30) == 42
+
+
+def test_unfinished_job_resumes_when_the_orchestrator_restarts(start_orchestrator: Start, tmp_path: Any) -> None:
+    state = {"state_dir": str(tmp_path / "state")}
+    pools = {"p": toolbox(size=1)}
+    first = start_orchestrator(pools, **state)
+    job_id = first.submit("p", "trials", n=150, interval=0.02).id
+    wait_until(lambda: first.job(job_id).status()["events"] > 20, what="the job to log some events")
+    first.shutdown(drain_s=0.5)
+
+    second = start_orchestrator(pools, **state)
+    job = second.job(job_id)
+    result = job.result(timeout=120)
+    assert result["started_from"] > 0, "the job must resume from its checkpoint after the restart"
+    assert result["total"] == sum(range(150))
+    events = list(job.events())
+    assert [seq for seq, _ in events] == list(range(1, 301))
+    assert trial_numbers(events) == list(range(150))
