@@ -429,18 +429,13 @@ def serve(
     import uvicorn
 
     check_bind(host, token)
-    server: uvicorn.Server | None = None
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if on_ready is not None:
+                bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
+                on_ready(f"http://{bound[0]}:{bound[1]}")
 
     app = create_app(orch, token=token, max_body=max_body, on_shutdown=on_shutdown)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    if on_ready is not None:
-        original = server.startup
-
-        async def startup(sockets: Any = None) -> None:
-            await original(sockets=sockets)
-            bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-            on_ready(f"http://{bound[0]}:{bound[1]}")
-
-        server.startup = startup  # type: ignore[method-assign]
-    server.run()
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
