@@ -46,7 +46,7 @@ def start(
     for name, pool in cfg.pools.items():
         if pool.py_executable is not None:
             check_py_executable(pool.py_executable, name)
-        elif not requirements(cfg.env_dir(name)):
+        elif pool.env_manager != "none" and not requirements(cfg.env_dir(name)):
             load_worker_class(pool.worker, name, pool.options)  # same env as ours: fail fast
     owns_ray = not ray.is_initialized()
     if owns_ray:

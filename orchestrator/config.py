@@ -138,7 +138,9 @@ class Pool(_Model):
 
     worker: str = Field(description='The worker class, "pkg.module:Class".')
     env: str | None = Field(None, description="Folder holding requirements.txt (default envs/<pool> when it exists).")
-    env_manager: Literal["pip", "uv"] = Field("pip", description="Installer Ray uses to build the env.")
+    env_manager: Literal["pip", "uv", "none"] = Field(
+        "pip", description="Installer Ray uses to build the env; none runs the pool in the orchestrator's own env."
+    )
     py_executable: str | None = Field(None, description="A prebuilt virtualenv's python, instead of env.")
     size: Size = Field(default_factory=Size, description="Actor count (an int is min = max).")
     resources: Resources = Field(default_factory=Resources, description="Per-actor Ray resources.")
@@ -156,6 +158,17 @@ class Pool(_Model):
     def _entry_point(cls, value: str) -> str:
         if not _ENTRY_RE.match(value):
             raise ValueError(f'must look like "pkg.module:Class", got {value!r}')
+        return value
+
+    @field_validator("env_vars", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        # Environment values are strings; `${VAR:-1}` or a bare `1` in YAML must not fail as a number.
+        if isinstance(value, dict):
+            return {
+                k: v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in value.items()
+            }
         return value
 
     @field_validator("size", mode="before")

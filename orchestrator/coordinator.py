@@ -26,7 +26,7 @@ from orchestrator.envs import runtime_env
 from orchestrator.errors import InvalidConfig, Overloaded, PoolNotFound, PoolUnavailable, SessionNotFound
 from orchestrator.host import actor_class
 from orchestrator.jobs import JobRunner
-from orchestrator.pools import ActorSlot, PoolState, choose_session_slot, pending_reason
+from orchestrator.pools import ActorSlot, PoolState, choose_session_slot, demanded, pending_reason
 from orchestrator.types import Failure
 
 log = logging.getLogger("orchestrator.coordinator")
@@ -105,6 +105,7 @@ class Coordinator:
             options["resources"] = dict(spec.resources.custom)
         env_file = str(Path(env_dir, "requirements.txt")) if env_dir else None
         slot.state, slot.reason, slot.since = "starting", None, time.time()
+        slot.stats, slot.pid, slot.actor_id = {}, None, None  # a new process: none of the old one's numbers
         slot.handle = (
             actor_class()
             .options(**options)
@@ -185,11 +186,19 @@ class Coordinator:
         if pool.state in ("failed", "stopped"):
             return
         now = time.monotonic()
+        waiting = [
+            s for s in pool.slots if s.state in ("starting", "pending") and time.time() - s.since > PENDING_AFTER_S
+        ]
+        if waiting:
+            request = pool.resource_request()
+            # Only an unplaced demand of our shape means "waiting for resources"; otherwise Ray has
+            # placed the actor and it is building its env or running its constructor.
+            reason = pending_reason(request, _nodes()) if demanded(request, _pending_demands()) else None
+            for slot in waiting:
+                slot.state, slot.reason = (
+                    ("pending", reason) if reason else ("starting", "building env or initializing")
+                )
         for slot in pool.slots:
-            if slot.state in ("starting", "pending") and time.time() - slot.since > PENDING_AFTER_S:
-                reason = pending_reason(pool.resource_request(), _nodes())
-                waiting = ("pending", reason) if reason else ("starting", "building env or initializing")
-                slot.state, slot.reason = waiting
             if slot.state == "ready" and not slot.pinging and now - slot.last_ping >= pool.spec.health.period_s:
                 slot.pinging = True
                 self._spawn(self._ping(pool, slot, slot.gen))
@@ -480,6 +489,21 @@ def _nodes() -> list[dict[str, dict[str, float]]]:
         {"total": node["Resources"], "available": available.get(node["NodeID"], {})}
         for node in ray.nodes()
         if node["Alive"]
+    ]
+
+
+def _pending_demands() -> list[dict[str, float]]:
+    """Resource shapes Ray has not been able to place (its autoscaler's view)."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    try:
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    except Exception:  # an older or unusual cluster: fall back to "no known demand"
+        return []
+    return [
+        dict(by_count.bundle)
+        for demand in status.resource_demands.ray_task_actor_demand
+        for by_count in demand.bundles_by_count
     ]
 
 

@@ -33,7 +33,7 @@ def runtime_env(spec: Pool, env_dir: Path | None) -> dict[str, Any]:
     if spec.py_executable:
         env["py_executable"] = spec.py_executable
         return env
-    packages = requirements(env_dir)
+    packages = requirements(env_dir) if spec.env_manager != "none" else []
     if packages:
         env[spec.env_manager] = {"packages": packages}
         if spec.env_manager == "pip":

@@ -10,6 +10,7 @@ so errors cross the process boundary as data (a ``Failure``), not as wrapped tra
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import pickle
 import sys
@@ -296,7 +297,8 @@ class WorkerHost:
                     return asyncio.run_coroutine_threadsafe(method(**kwargs), self._event_loop()).result()
                 return method(**kwargs)
             except BaseException as exc:
-                batch = args.get("batch_size")
+                # An op whose batch_size defaults to None uses its worker's own batch_size option.
+                batch = args.get("batch_size") or getattr(self.worker, "batch_size", None)
                 if not (is_cuda_oom(exc) and spec.batch_param and isinstance(batch, int) and batch > 1):
                     raise
                 _empty_cuda_cache()
@@ -470,6 +472,8 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+@functools.cache
 def actor_class() -> Any:
-    """The WorkerHost as a Ray actor class (admin methods in their own thread group)."""
+    """The WorkerHost as a Ray actor class (admin methods in their own thread group); built once per process,
+    since building a Ray actor class costs ~150 ms and a restart must not pay it again."""
     return ray.remote(concurrency_groups={ADMIN: 4})(WorkerHost)  # type: ignore[call-overload]

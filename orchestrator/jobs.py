@@ -221,6 +221,8 @@ class JobRunner:
             why = f"the actor died (after {attempts} attempt(s))" if outcome is not None else "the stream ended early"
             error = WorkerCrashed(f"job {job_id}: {why}", pool=pool.name, op=job["op"])
             self.store.update_job(job_id, status="failed", finished=now, error=error.to_dict())
+        if self.store.get_job(job_id)["status"] in FINISHED:  # type: ignore[index]
+            self.logged.pop(job_id, None)  # readers see it finished from the store
         await self._notify()
         self.dispatch()
 
@@ -249,6 +251,7 @@ class JobRunner:
         run = self.runs.get(job_id)
         if run is None:  # queued or waiting to be retried
             self.store.update_job(job_id, status="cancelled", finished=time.time())
+            self.logged.pop(job_id, None)
             await self._notify()
             return {"id": job_id, "status": "cancelled", "cancelled": True, "message": "cancelled before it ran"}
         run.cancel = True
@@ -269,6 +272,8 @@ class JobRunner:
         job = self.store.get_job(job_id)
         if job is None:
             return Failure(JobNotFound(f"no job {job_id}").to_dict())
+        run = self.runs.get(job_id)
+        job["actor"] = self.coordinator.pools[run.pool].slots[run.slot].name if run else None
         return job
 
     def list(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -291,8 +296,8 @@ class JobRunner:
         return {"events": events, "status": job["status"], "finished": finished}
 
     def _moved(self, job_id: str, after: int) -> bool:
-        job = self.store.get_job(job_id)
-        return job is None or job["events"] > after or job["status"] in FINISHED
+        # In memory: a reader woken by another job's event must not cost a database read.
+        return job_id not in self.logged or self.logged[job_id] > after
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs by pool and status."""

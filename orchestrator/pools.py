@@ -118,13 +118,27 @@ def pending_reason(request: dict[str, float], nodes: list[dict[str, dict[str, fl
     """
     if any(fits(request, node["available"]) for node in nodes):
         return None
-    wanted = ", ".join(f"{k}={v:g}" for k, v in sorted(request.items()))
+    wanted = ", ".join(f"{k}={_amount(k, v)}" for k, v in sorted(request.items()))
     if not any(fits(request, node["total"]) for node in nodes):
         return f"infeasible: no node has {wanted} in total; add a node with these resources or lower the request"
     free = ", ".join(
-        "{" + ", ".join(f"{k}={node['available'].get(k, 0.0):g}" for k in sorted(request)) + "}" for node in nodes
+        "{" + ", ".join(f"{k}={_amount(k, node['available'].get(k, 0.0))}" for k in sorted(request)) + "}"
+        for node in nodes
     )
     return f"waiting for resources: needs {wanted}; free per node: {free}"
+
+
+def demanded(request: dict[str, float], demands: list[dict[str, float]]) -> bool:
+    """True when Ray lists a resource demand of ``request``'s shape as unplaced (so the actor waits for resources)."""
+    return any(
+        set(bundle) == set(request) and all(abs(bundle[k] - request[k]) < 1e-6 for k in request) for bundle in demands
+    )
+
+
+def _amount(name: str, value: float) -> str:
+    if name == "memory" or name.endswith("memory"):
+        return f"{value / 1024**3:.1f}GiB" if value >= 1024**3 else f"{value / 1024**2:.0f}MiB"
+    return f"{value:g}"
 
 
 def choose_session_slot(slots: list[ActorSlot], counts: dict[int, int], per_worker: int) -> ActorSlot | None:

@@ -171,12 +171,18 @@ class Store:
 
     def append_event(self, job_id: str, seq: int, data: Any) -> None:
         """Log one event (seq is 1, 2, ... per job); committed before anyone reads it."""
-        with self.lock:
-            self.db.execute(
-                "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
-                (job_id, seq, pickle.dumps(data), time.time()),
-            )
-            self.db.execute("UPDATE jobs SET events=? WHERE id=?", (seq, job_id))
+        with self.lock:  # one transaction: the event and the job's count never disagree
+            self.db.execute("BEGIN")
+            try:
+                self.db.execute(
+                    "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
+                    (job_id, seq, pickle.dumps(data), time.time()),
+                )
+                self.db.execute("UPDATE jobs SET events=? WHERE id=?", (seq, job_id))
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, Any]]:
         """Logged events with seq > after, in order."""

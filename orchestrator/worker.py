@@ -95,7 +95,7 @@ def op(fn: Any = None, *, session: bool = False, idempotent: bool = False) -> An
 def _build_spec(method: Callable[..., Any], *, session: bool, idempotent: bool) -> OpSpec:
     signature = inspect.signature(method)
     try:
-        hints = get_type_hints(method)
+        hints = get_type_hints(method, include_extras=True)  # keep Annotated[..., Field(...)] bounds
     except Exception:  # unresolvable forward refs: fall back to no annotations
         hints = {}
     fields: dict[str, Any] = {}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import Field
 
 import orchestrator
 from orchestrator import Context, Worker, op
@@ -80,3 +81,16 @@ def test_public_api_is_explicit() -> None:
         assert hasattr(orchestrator, name), name
     public = {n for n in vars(orchestrator) if not n.startswith("_") and n[0].isupper()}
     assert public <= set(orchestrator.__all__) | {"TYPE_CHECKING"}, public - set(orchestrator.__all__)
+
+
+class Bounded(Worker):
+    @op
+    def search(self, k: Annotated[int, Field(gt=0)] = 10) -> int:
+        return k
+
+
+def test_annotated_bounds_are_enforced() -> None:
+    spec = ops_of(Bounded)["search"]
+    with pytest.raises(InvalidArguments, match="k: Input should be greater than 0"):
+        spec.validate({"k": 0})
+    assert spec.validate({"k": 3}) == {"k": 3}
