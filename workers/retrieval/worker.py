@@ -1,0 +1,273 @@
+"""The retrieval pool's worker: embeddings, and vector indexes that live in sessions.
+
+    pools.yaml:  worker: workers.retrieval:Retrieval   options: {model: minilm, device: auto, batch_size: 64}
+
+Stateless: ``embed``, ``embeddings`` (for the OpenAI route), ``info``. In a session (``ctx.state["index"]``, a
+:class:`VectorIndex` checkpointed after each call): ``add``, ``search``,
+``delete``, ``size``, ``clear``, ``save``, ``load``. Paths given to ``save``
+and ``load`` are relative to the pool's ``data_dir`` (a client can never name
+a file outside it).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from orchestrator import Context, Worker, op
+from orchestrator.errors import InvalidConfig
+from workers.retrieval.embedder import Embedder
+from workers.retrieval.index import VectorIndex, bad, check_filter
+
+Hits = dict[str, Any]
+
+
+class Retrieval(Worker):
+    """Sentence embeddings (sentence-transformers; CUDA in fp16 when present) and session-scoped vector search."""
+
+    def __init__(
+        self,
+        model: str = "minilm",
+        device: str = "auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+        tokenizer_threads: int | None = None,
+        gpu_memory_fraction: float | None = None,
+        faiss_min_docs: int = 20_000,
+        oversample: int = 4,
+        snapshot_min_docs: int = 10_000,
+        data_dir: str = "~/.cache/orchestrator/retrieval",
+    ) -> None:
+        """Options (pools.yaml ``options``):
+
+        model: ``minilm`` (the bundled all-MiniLM-L6-v2), a local directory, or a Hugging Face hub id.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+        batch_size: texts per forward pass when a call does not say (halved on ``gpu_oom`` when it does).
+        threads: torch CPU threads (default: Ray's ``num_cpus`` for the actor, via OMP_NUM_THREADS).
+        tokenizer_threads: threads tokenizing ahead of the model (default: 1 on CPU, CPUs - 1 up to 8 on CUDA).
+        gpu_memory_fraction: cap on this process's share of the GPU (default: the pool's ``num_gpus``).
+        faiss_min_docs: indexes this large search with FAISS (HNSW) and exact re-ranking, smaller ones exactly.
+        oversample: FAISS candidates per result, re-ranked exactly.
+        snapshot_min_docs: indexes this large are checkpointed as snapshot files, not inline.
+        data_dir: the directory ``save``/``load`` paths (and snapshots) live under.
+        """
+        if batch_size < 1:
+            raise InvalidConfig(f"options.batch_size: must be >= 1, got {batch_size}")
+        if faiss_min_docs < 1 or oversample < 1:
+            raise InvalidConfig("options.faiss_min_docs and options.oversample: must be >= 1")
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.embedder = Embedder(model, device, batch_size, tokenizer_threads, gpu_memory_fraction)
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.index_options: dict[str, Any] = {
+            "faiss_min_docs": faiss_min_docs,
+            "oversample": oversample,
+            "snapshot_min_docs": snapshot_min_docs,
+            "snapshot_dir": str(self.data_dir / ".snapshots"),
+        }
+
+    def close(self) -> None:
+        """Stop the tokenizer threads."""
+        self.embedder.close()
+
+    # ------------------------------------------------------------- stateless
+    @op(idempotent=True)
+    def info(self) -> dict[str, Any]:
+        """The model (its names, dimension, max tokens), device, batch size and GPU memory fraction."""
+        embedder = self.embedder
+        return {
+            "model": embedder.name,
+            "names": embedder.names(),
+            "dim": embedder.dim,
+            "max_seq_length": embedder.model.get_max_seq_length(),
+            "device": embedder.device,
+            "dtype": "float16" if embedder.device.startswith("cuda") else "float32",
+            "batch_size": embedder.batch_size,
+            "gpu_memory_fraction": embedder.memory_fraction,
+        }
+
+    @op(idempotent=True)
+    def embed(
+        self,
+        texts: list[str],
+        normalize: bool = True,
+        batch_size: int | None = None,
+        encoding: Literal["float", "base64"] = "float",
+    ) -> list[list[float]] | list[str]:
+        """One embedding per text: lists of floats, or base64 of little-endian float32 (OpenAI's format)."""
+        return self._encoded(self._encode(texts, "texts", normalize, batch_size)[0], encoding)
+
+    @op(idempotent=True)
+    def embeddings(
+        self, texts: list[str], encoding: Literal["float", "base64"] = "float", batch_size: int | None = None
+    ) -> dict[str, Any]:
+        """``embed`` (normalized) for the OpenAI route: ``{"model", "embeddings", "tokens"}``."""
+        vectors, tokens = self._encode(texts, "texts", True, batch_size)
+        return {"model": self.embedder.name, "embeddings": self._encoded(vectors, encoding), "tokens": tokens}
+
+    # -------------------------------------------------------------- sessions
+    @op(session=True)
+    def add(
+        self,
+        ctx: Context,
+        docs: list[str] | None = None,
+        ids: list[str] | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+        vectors: list[list[float]] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, Any]:
+        """Add documents (embedded here) or precomputed ``vectors`` to the session's index.
+
+        ``ids`` default to random hex ids; an existing id is replaced. Returns the ids and the new size.
+        """
+        if docs is None and vectors is None:
+            raise bad("docs", "give docs (texts to embed) or vectors (precomputed embeddings)", "add")
+        count = len(docs) if docs is not None else len(vectors or [])
+        for name, given in (("ids", ids), ("metadata", metadata), ("vectors", vectors)):
+            if given is not None and docs is not None and len(given) != count:
+                raise bad(name, f"has {len(given)} items for {count} docs", "add")
+        if vectors is not None:
+            matrix = self._matrix(vectors, "vectors")
+        else:
+            matrix = self._encode(docs or [], "docs", True, batch_size)[0]
+        index = self._index(ctx)
+        added = index.add(matrix, docs if docs is not None else [None] * count, ids, metadata)
+        return {"ids": added, "size": len(index)}
+
+    @op(session=True)
+    def search(
+        self,
+        ctx: Context,
+        query: str | None = None,
+        queries: list[str] | None = None,
+        vectors: list[list[float]] | None = None,
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+        exact: bool = False,
+    ) -> Hits:
+        """The ``k`` best documents for ``query`` (one hit list) or for each of ``queries``/``vectors`` (``results``).
+
+        A hit list is ``{"ids", "scores", "docs", "metadata"}``, best first; ``note``
+        says when fewer than ``k`` came back. ``filter`` matches metadata:
+        ``{"lang": "en", "year": {"$gte": 2020}, "tag": {"$in": ["a", "b"]}}``.
+        ``exact=True`` skips FAISS.
+        """
+        given = [name for name, v in (("query", query), ("queries", queries), ("vectors", vectors)) if v is not None]
+        if len(given) != 1:
+            which = "none" if not given else " and ".join(given)
+            raise bad("query", f"give exactly one of query, queries or vectors (got {which})", "search")
+        if k <= 0:
+            raise bad("k", f"must be a positive number of results, got {k}", "search")
+        if filter:
+            check_filter(filter)
+        if vectors is not None:
+            matrix = self._matrix(vectors, "vectors")
+        else:
+            texts = [query] if query is not None else queries
+            matrix = self._encode(texts or [], "queries" if queries is not None else "query", True, None)[0]
+        index = self._index(ctx)
+        found = index.search(matrix, k, filter, self.embedder.device, exact)
+        lists = [self._hits(index, pairs) for pairs in found]
+        note = self._note(k, len(index), found, bool(filter))
+        result: Hits = lists[0] if query is not None else {"results": lists}
+        if note:
+            result["note"] = note
+        return result
+
+    @op(session=True)
+    def delete(self, ctx: Context, ids: list[str]) -> dict[str, int]:
+        """Remove documents by id. Any unknown id is an error naming it, and then nothing is removed."""
+        if not ids:
+            raise bad("ids", "give at least one id to delete", "delete")
+        index = self._index(ctx)
+        return {"deleted": index.delete(ids), "size": len(index)}
+
+    @op(session=True)
+    def size(self, ctx: Context) -> int:
+        """How many documents the session's index holds."""
+        return len(self._index(ctx))
+
+    @op(session=True)
+    def clear(self, ctx: Context) -> int:
+        """Drop every document; returns how many there were."""
+        index = self._index(ctx)
+        count = len(index)
+        index.clear()
+        return count
+
+    @op(session=True)
+    def save(self, ctx: Context, path: str) -> dict[str, Any]:
+        """Save the session's index under the pool's ``data_dir`` (a directory: vectors.npy + rows.json)."""
+        return {**self._index(ctx).save(self._path(path)), "path": path}
+
+    @op(session=True)
+    def load(self, ctx: Context, path: str) -> dict[str, Any]:
+        """Replace the session's index with one saved under ``data_dir``; returns its size."""
+        index = self._index(ctx)
+        index.load(self._path(path))
+        return {"path": path, "size": len(index)}
+
+    # ------------------------------------------------------------- internals
+    def _encode(self, texts: list[str], field: str, normalize: bool, batch_size: int | None) -> tuple[np.ndarray, int]:
+        """Embeddings and the tokens read; an empty list or a bad batch size is an error naming the field."""
+        if not texts:
+            raise bad(field, "must hold at least one string, got an empty list")
+        if batch_size is not None and batch_size < 1:
+            raise bad("batch_size", f"must be >= 1, got {batch_size}")
+        return self.embedder.encode_counted(texts, normalize, batch_size)
+
+    @staticmethod
+    def _encoded(vectors: np.ndarray, encoding: str) -> list[list[float]] | list[str]:
+        if encoding == "base64":
+            return [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
+        rows: list[list[float]] = vectors.tolist()
+        return rows
+
+    def _matrix(self, vectors: list[list[float]], field: str) -> np.ndarray:
+        if not vectors:
+            raise bad(field, "must hold at least one vector, got an empty list")
+        dim = self.embedder.dim
+        for i, row in enumerate(vectors):
+            if len(row) != dim:
+                raise bad(f"{field}.{i}", f"expected {dim} numbers (the model's dimension), got {len(row)}")
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _index(self, ctx: Context) -> VectorIndex:
+        index = ctx.state.get("index")
+        if not isinstance(index, VectorIndex):
+            index = ctx.state["index"] = VectorIndex(self.embedder.dim, **self.index_options)
+        return index
+
+    def _path(self, path: str) -> Path:
+        """``path`` under ``data_dir``; absolute paths and ``..`` escapes are refused."""
+        if not path or os.path.isabs(path):
+            raise bad("path", f"must be a relative path under the pool's data_dir, got {path!r}")
+        resolved = (self.data_dir / path).resolve()
+        if not resolved.is_relative_to(self.data_dir) or resolved == self.data_dir or path.startswith("."):
+            raise bad("path", f"{path!r} leaves the pool's data_dir (or names a hidden entry)")
+        return resolved
+
+    @staticmethod
+    def _hits(index: VectorIndex, pairs: list[tuple[int, float]]) -> Hits:
+        rows = [r for r, _ in pairs]
+        return {
+            "ids": [index.ids[r] for r in rows],
+            "scores": [s for _, s in pairs],
+            "docs": [index.docs[r] for r in rows],
+            "metadata": [index.metadata[r] for r in rows],
+        }
+
+    @staticmethod
+    def _note(k: int, size: int, found: list[list[tuple[int, float]]], filtered: bool) -> str | None:
+        fewest = min(len(f) for f in found)
+        if fewest >= k:
+            return None
+        if size < k:
+            return f"k={k} is larger than the index ({size} documents): returned {fewest}"
+        return f"only {fewest} documents {'match the filter' if filtered else 'were found'} (k={k})"
