@@ -89,6 +89,7 @@ pools:
         # A job keeps running while the gateway process dies and `up` restarts it.
         job_id = run("jobs", "submit", "toolbox", "trials", "n=30", "interval=0.05", env=env).stdout.strip()
         actor_pid = pools[0]["actors"][0]["pid"]
+
         def gateway_child() -> psutil.Process | None:
             for child in psutil.Process(up.pid).children():
                 try:
