@@ -94,8 +94,9 @@ def test_job_ignoring_cancel_is_killed_after_grace(orch: orchestrator.Orchestrat
 
 
 def test_hundred_jobs_on_a_small_pool(orch: orchestrator.Orchestrator) -> None:
-    rss_before = sum(a["rss"] or 0 for a in actors(orch, "small"))
-    jobs = [orch.submit("small", "trials", n=5) for _ in range(100)]
+    wait_until(lambda: all(a["rss"] for a in actors(orch, "small")), what="memory figures from the pings")
+    rss_before = sum(a["rss"] for a in actors(orch, "small"))
+    jobs = [orch.submit("small", "trials", n=5, interval=0.05) for _ in range(100)]  # ~0.25 s each
     statuses = {j.status()["status"] for j in jobs}
     assert "queued" in statuses  # 2 actors x 2 slots: the rest wait their turn
     assert [j.result(timeout=180)["total"] for j in jobs] == [10] * 100
