@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -315,6 +316,14 @@ def cmd_jobs_result(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Build models that need no download: `models tiny --out DIR` makes a tiny random Llama-style chat model."""
+    from workers.light.tiny import build_tiny_model, default_tiny_dir
+
+    console.print(str(build_tiny_model(args.out or default_tiny_dir())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every command has --help)."""
     parser = argparse.ArgumentParser(prog="orchestrator", description="Supervised pools of Ray actors.")
@@ -351,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("args", nargs="*", help="key=value arguments (values may be JSON)")
     sessions = add("sessions", cmd_sessions)
     sessions.add_argument("--pool", default=None)
+
+    models = sub.add_parser("models", help=cmd_models.__doc__, description=cmd_models.__doc__)
+    models.set_defaults(fn=cmd_models)
+    kinds = models.add_subparsers(dest="kind", required=True)
+    tiny = kinds.add_parser("tiny", help="a tiny random chat model with tokenizer and chat template (offline)")
+    tiny.add_argument("--out", type=Path, default=None, help="folder (default: ~/.cache/orchestrator/models/tiny)")
 
     jobs = sub.add_parser("jobs", help="Long-running jobs: submit, watch, list, cancel, result.")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)

@@ -1,0 +1,228 @@
+"""Pure logic of the light pool, no model and no Ray: stop strings and text deltas, request limits,
+the micro-batcher on a fake backend, vLLM's parameter mapping, and the OpenAI route helpers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from fastapi.responses import JSONResponse
+
+from orchestrator.errors import InvalidArguments, OpNotFound, PoolNotFound, Timeout
+from orchestrator.openai.chat import from_orchestrator_error, openai_error, split_model
+from workers.light.batching import Batcher, Job
+from workers.light.params import (
+    Row,
+    TextAccumulator,
+    check_messages,
+    check_sampling,
+    normalize_stop,
+    resolve_max_tokens,
+    row_seed,
+)
+from workers.light.vllm_backend import engine_args, finish_reason, gpu_share, sampling_args
+from workers.light.worker import looks_like_path
+
+VOCAB = {1: "Hel", 2: "lo", 3: " wor", 4: "ld", 5: "!", 6: "\xe2", 7: "\x82\xac"}  # 6+7: "€" split in two
+
+
+def decode(ids: list[int]) -> str:
+    raw = "".join(VOCAB[i] for i in ids).encode("latin-1")
+    return raw.decode("utf-8", errors="replace")
+
+
+def feed(stop: list[str], tokens: list[int]) -> tuple[list[str], TextAccumulator]:
+    acc = TextAccumulator(decode, stop)
+    deltas = []
+    for token in tokens:
+        deltas.append(acc.add(token))
+        if acc.stopped:
+            break
+    deltas.append(acc.finish())
+    return deltas, acc
+
+
+def test_deltas_add_up_to_the_text_without_stops() -> None:
+    deltas, acc = feed([], [1, 2, 3, 4, 5])
+    assert deltas[:5] == ["Hel", "lo", " wor", "ld", "!"] and "".join(deltas) == acc.text == "Hello world!"
+
+
+def test_stop_string_ends_the_text_before_it_even_across_tokens() -> None:
+    deltas, acc = feed(["o w"], [1, 2, 3, 4, 5])
+    assert acc.stopped and "".join(deltas) == acc.text == "Hell"
+    deltas, acc = feed(["zz"], [1, 2, 3])  # a possible stop start is held back, then released
+    assert "".join(deltas) == "Hello wor" and not acc.stopped
+
+
+def test_half_a_character_is_never_shown() -> None:
+    deltas, _ = feed([], [1, 6, 7, 5])
+    assert "\ufffd" not in "".join(deltas[:2]) and "".join(deltas) == "Hel€!"
+
+
+def test_request_limits() -> None:
+    assert normalize_stop(None) == [] and normalize_stop("x") == ["x"] and normalize_stop(["a", ""]) == ["a"]
+    with pytest.raises(InvalidArguments):
+        normalize_stop(["a", "b", "c", "d", "e"])
+    assert resolve_max_tokens(None, 10, 100, 256) == 90
+    assert resolve_max_tokens(5, 10, 100, 256) == 5
+    with pytest.raises(InvalidArguments) as too_long:
+        resolve_max_tokens(95, 10, 100, 256)
+    assert too_long.value.detail[0]["field"] == "max_tokens"
+    with pytest.raises(InvalidArguments):
+        resolve_max_tokens(1, 100, 100, 256)
+    assert row_seed(None, 3) is None and row_seed(7, 0) == 7 and row_seed(7, 1) == 8
+    check_sampling(None, 0.0, 1.0, 1)
+    cases = (((0, 1.0, 1.0, 1), "max_tokens"), ((5, 3.0, 1.0, 1), "temperature"), ((5, 1.0, 0.0, 1), "top_p"))
+    for bad, field in cases:
+        with pytest.raises(InvalidArguments) as error:
+            check_sampling(*bad)
+        assert error.value.detail[0]["field"] == field
+    with pytest.raises(InvalidArguments):
+        check_messages([])
+
+
+def test_model_paths_and_hub_ids() -> None:
+    assert looks_like_path("/models/x") and looks_like_path("./x") and looks_like_path("~/m")
+    assert not looks_like_path("Qwen/Qwen2.5-0.5B-Instruct")
+    assert split_model("light/tiny") == ("light", "tiny")
+    assert split_model("light/Qwen/Qwen2.5-0.5B-Instruct") == ("light", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert split_model("light") == ("light", "")
+    with pytest.raises(InvalidArguments):
+        split_model("/tiny")
+
+
+class FakeBackend:
+    """Runs batches by echoing each row's prompt ids as text; records batch sizes."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def run(self, jobs: list[Job]) -> None:
+        self.batches.append(sum(len(j.rows) for j in jobs))
+        time.sleep(self.seconds)
+        for job in jobs:
+            for row in job.rows:
+                job.delta(row.index, str(row.prompt_ids))
+                job.finish(row.index, "length", row.max_tokens)
+
+
+def job(prompt: int, rows: int = 1, adapter: str | None = None) -> Job:
+    return Job([Row(i, [prompt], 4) for i in range(rows)], adapter)
+
+
+def run_concurrently(batcher: Batcher, jobs: list[Job]) -> list[list[tuple[object, ...]]]:
+    out: list[list[tuple[object, ...]]] = [[] for _ in jobs]
+
+    def go(i: int) -> None:
+        out[i] = list(batcher.submit(jobs[i]).stream(timeout_s=10))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_concurrent_jobs_share_batches_up_to_max_rows() -> None:
+    fake = FakeBackend()
+    batcher = Batcher(fake.run, max_rows=4, window_s=0.05)
+    try:
+        events = run_concurrently(batcher, [job(i) for i in range(9)])
+    finally:
+        batcher.close()
+    assert all(e[0] == ("delta", 0, f"[{i}]") for i, e in enumerate(events))
+    assert sum(fake.batches) == 9 and max(fake.batches) <= 4 and len(fake.batches) < 9
+    assert list(batcher.sizes) == fake.batches
+
+
+def test_a_lone_client_is_not_delayed_by_the_window() -> None:
+    fake = FakeBackend(seconds=0)
+    batcher = Batcher(fake.run, window_s=1.0)
+    try:
+        start = time.monotonic()
+        for i in range(3):
+            list(batcher.submit(job(i)).stream(timeout_s=5))
+        assert time.monotonic() - start < 0.5
+    finally:
+        batcher.close()
+    assert fake.batches == [1, 1, 1]
+
+
+def test_jobs_for_different_adapters_never_share_a_batch() -> None:
+    seen: list[set[str | None]] = []
+
+    def run(jobs: list[Job]) -> None:
+        seen.append({j.adapter for j in jobs})
+        FakeBackend(0.02).run(jobs)
+
+    batcher = Batcher(run, window_s=0.05)
+    try:
+        run_concurrently(batcher, [job(i, adapter="a" if i % 2 else None) for i in range(6)])
+    finally:
+        batcher.close()
+    assert all(len(adapters) == 1 for adapters in seen)
+
+
+def test_a_failing_batch_fails_its_jobs_and_the_batcher_survives() -> None:
+    calls = []
+
+    def run(jobs: list[Job]) -> None:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        FakeBackend(0).run(jobs)
+
+    batcher = Batcher(run)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            list(batcher.submit(job(1)).stream(timeout_s=5))
+        assert list(batcher.submit(job(2, rows=2)).stream(timeout_s=5))[-1][0] == "finish"
+    finally:
+        batcher.close()
+
+
+def test_vllm_parameter_mapping() -> None:
+    row = Row(0, [1, 2], max_tokens=32, temperature=0.5, top_p=0.9, seed=11, stop=["\n\n"])
+    assert sampling_args(row) == {
+        "n": 1,
+        "max_tokens": 32,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "include_stop_str_in_output": False,
+        "seed": 11,
+    }
+    assert sampling_args(Row(0, [1], 4))["stop"] is None and "seed" not in sampling_args(Row(0, [1], 4))
+    args = engine_args("Qwen/Qwen2.5-0.5B-Instruct", gpu_memory_utilization=0.45, max_model_len=4096)
+    assert args["gpu_memory_utilization"] == 0.45 and args["max_model_len"] == 4096 and args["enable_lora"]
+    assert "max_loras" not in engine_args("m", enable_lora=False)
+    assert gpu_share(None, 0.5) == 0.45 and gpu_share(None, 2.0) == 0.9 and gpu_share(None, None) == 0.9
+    assert gpu_share(0.3, 0.5) == 0.3
+    with pytest.raises(ValueError):
+        gpu_share(1.5, None)
+    assert finish_reason("length") == "length" and finish_reason("stop") == "stop" and finish_reason(None) == "stop"
+
+
+def test_orchestrator_errors_become_openai_errors() -> None:
+    def body(response: JSONResponse) -> dict[str, object]:
+        return dict(json.loads(bytes(response.body))["error"])
+
+    missing = from_orchestrator_error(PoolNotFound("no pool 'x'"), "x/tiny")
+    assert missing.status_code == 404 and body(missing)["code"] == "model_not_found"
+    assert from_orchestrator_error(OpNotFound("no op")).status_code == 404
+    unknown = InvalidArguments("model 'a' is not served", detail=[{"field": "model", "code": "model_not_found"}])
+    assert body(from_orchestrator_error(unknown)) == {
+        "message": "model 'a' is not served",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    bad = from_orchestrator_error(InvalidArguments("too long", detail=[{"field": "max_tokens"}]))
+    assert bad.status_code == 422 and body(bad)["param"] == "max_tokens"
+    slow = from_orchestrator_error(Timeout("late"))
+    assert slow.status_code == 504 and body(slow)["type"] == "server_error"
+    assert openai_error(429, "busy").headers["retry-after"] == "1"

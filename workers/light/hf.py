@@ -1,0 +1,266 @@
+"""The transformers backend: any causal LM by local path or hub id, micro-batched, on CPU or CUDA.
+
+One ``generate`` call serves a whole batch (left padding). Two hooks make the
+rows of one batch independent of each other:
+
+- ``RowSampler`` (a logits processor) samples each row with its own
+  temperature, top_p and seeded generator, then leaves only the chosen token
+  for ``generate``'s greedy pick: a seeded request gives the same text
+  whatever it is batched with.
+- ``RowWatcher`` (a stopping criterion) feeds each new token to the row's
+  ``TextAccumulator``, streams the text, and ends rows on EOS, a stop string,
+  their own ``max_tokens`` or a cancelled caller.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any
+
+from workers.light.batching import Batcher, Job
+from workers.light.params import Row, TextAccumulator
+
+
+def _torch() -> Any:
+    return importlib.import_module("torch")
+
+
+def _transformers() -> Any:
+    return importlib.import_module("transformers")
+
+
+def pick_device(device: str) -> str:
+    """``auto`` is CUDA when torch sees a GPU, else CPU."""
+    if device != "auto":
+        return device
+    return "cuda" if _torch().cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """``auto`` is bfloat16 on CUDA and float32 on CPU."""
+    torch = _torch()
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+class RowSampler:
+    """Logits processor: per-row temperature / top_p / seed sampling; greedy rows pass through."""
+
+    def __init__(self, rows: list[Row], device: str) -> None:
+        torch = _torch()
+        self.rows = rows
+        self.generators: list[Any] = []
+        for row in rows:
+            gen = torch.Generator(device=device)
+            if row.seed is not None:
+                gen.manual_seed(row.seed)
+            else:
+                gen.seed()
+            self.generators.append(gen)
+        self.sampled = [i for i, row in enumerate(rows) if row.temperature > 0]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if not self.sampled:
+            return scores
+        torch = _torch()
+        for i in self.sampled:
+            row = self.rows[i]
+            logits = scores[i] / row.temperature
+            probs = torch.softmax(logits, dim=-1)
+            if row.top_p < 1.0:
+                sorted_probs, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < row.top_p
+                mask = torch.zeros_like(probs, dtype=torch.bool).scatter(0, order, keep)
+                probs = torch.where(mask, probs, torch.zeros_like(probs))
+            choice = torch.multinomial(probs, 1, generator=self.generators[i])
+            scores[i] = float("-inf")
+            scores[i, choice] = 0.0
+        return scores
+
+
+class RowWatcher:
+    """Stopping criterion: streams each row's text and says which rows are done."""
+
+    def __init__(self, rows: list[tuple[Job, Row]], decode: Any, eos: set[int], device: str) -> None:
+        self.rows = rows
+        self.text = [TextAccumulator(decode, row.stop) for _, row in rows]
+        self.done = [False] * len(rows)
+        self.eos = eos
+        self.device = device
+        self.steps = 0
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        self.steps += 1
+        last = input_ids[:, -1].tolist()
+        for i, (job, row) in enumerate(self.rows):
+            if self.done[i]:
+                continue
+            token = last[i]
+            if token in self.eos:
+                self._end(i, "stop")
+                continue
+            job.delta(row.index, self.text[i].add(token))
+            if self.text[i].stopped:
+                self._end(i, "stop")
+            elif self.steps >= row.max_tokens:
+                self._end(i, "length")
+            elif job.cancelled():
+                self._end(i, "cancelled")
+        return _torch().tensor(self.done, dtype=_torch().bool, device=self.device)
+
+    def _end(self, i: int, reason: str) -> None:
+        job, row = self.rows[i]
+        job.delta(row.index, self.text[i].finish())
+        self.done[i] = True
+        job.finish(row.index, reason, self.steps)  # an EOS token counts, as OpenAI counts it
+
+    def close(self) -> None:
+        """Generation ended: rows still open ran out of tokens."""
+        for i in range(len(self.rows)):
+            if not self.done[i]:
+                self._end(i, "length")
+
+
+class TransformersBackend:
+    """Loads the model and tokenizer, applies chat templates, runs batches, holds LoRA adapters."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 8,
+        batch_window_s: float = 0.005,
+        max_model_len: int | None = None,
+        gpu_memory_fraction: float | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        tf = _transformers()
+        torch = _torch()
+        self.device = pick_device(device)
+        if self.device.startswith("cuda") and gpu_memory_fraction:
+            # transformers has no memory budget of its own: cap this process's share of the GPU.
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_fraction))
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = tf.AutoModelForCausalLM.from_pretrained(
+            model, dtype=pick_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        self.base = self.model
+        self.adapters: dict[str, str] = {}
+        self.lock = threading.Lock()  # adapters change only between batches
+        config = self.model.config
+        self.context_length = int(
+            max_model_len or getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        )
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        eos_ids.append(self.tokenizer.eos_token_id)
+        self.eos: set[int] = {int(e) for e in eos_ids if e is not None}
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos))
+        bos = self.tokenizer.bos_token_id
+        self.start_id = int(bos if bos is not None else min(self.eos))
+        self.batcher = Batcher(self._run, max_rows=max_batch, window_s=batch_window_s, name="light-generate")
+
+    # -------------------------------------------------------------- tokens
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special tokens in the text are parsed, as chat templates need)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` without special tokens."""
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied, ending with the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            return text + "assistant:"
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    # ----------------------------------------------------------- generation
+    def submit(self, job: Job) -> Job:
+        """Queue a job for the next batch."""
+        if job.adapter is not None and job.adapter not in self.adapters:
+            raise KeyError(job.adapter)
+        return self.batcher.submit(job)
+
+    def _run(self, jobs: list[Job]) -> None:
+        tf = _transformers()
+        torch = _torch()
+        rows = [(job, row) for job in jobs for row in job.rows]
+        width = max(len(row.prompt_ids) for _, row in rows)
+        ids = [[self.pad_id] * (width - len(row.prompt_ids)) + row.prompt_ids for _, row in rows]
+        mask = [[0] * (width - len(row.prompt_ids)) + [1] * len(row.prompt_ids) for _, row in rows]
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
+        watcher = RowWatcher(rows, self.decode, self.eos, self.device)
+        config = tf.GenerationConfig(
+            max_new_tokens=max(row.max_tokens for _, row in rows),
+            do_sample=False,  # RowSampler has already chosen each sampled row's token
+            num_beams=1,
+            eos_token_id=sorted(self.eos),
+            pad_token_id=self.pad_id,
+            repetition_penalty=1.0,
+        )
+        with self.lock:
+            model = self._model_for(jobs[0].adapter)
+            with torch.inference_mode():
+                model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                    logits_processor=tf.LogitsProcessorList([RowSampler([r for _, r in rows], self.device)]),
+                    stopping_criteria=tf.StoppingCriteriaList([watcher]),
+                )
+        watcher.close()
+
+    # -------------------------------------------------------------- adapters
+    def _model_for(self, adapter: str | None) -> Any:
+        if not self.adapters:
+            return self.base
+        if adapter is None:
+            return _DisabledAdapters(self.model)
+        self.model.set_adapter(adapter)
+        return self.model
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a peft LoRA adapter from ``path`` under ``name``."""
+        with self.lock:
+            if not self.adapters:
+                peft: Any = importlib.import_module("peft")
+                self.model = peft.PeftModel.from_pretrained(self.base, path, adapter_name=name)
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+            self.model.eval()
+            self.adapters[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        """Drop an adapter (the base model stays)."""
+        with self.lock:
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+            if not self.adapters:
+                self.base = self.model.unload()
+                self.model = self.base
+
+    def close(self) -> None:
+        """Stop the generation thread."""
+        self.batcher.close()
+
+
+class _DisabledAdapters:
+    """``generate`` on a PeftModel with its adapters switched off (the base model's answers)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def generate(self, **kwargs: Any) -> Any:
+        with self.model.disable_adapter():
+            return self.model.generate(**kwargs)
