@@ -248,7 +248,9 @@ class Router:
                 return stop.value
             message, error = None, None
             try:
-                if step[0] == "get":
+                if step[0] == "get" and step[2] is None:
+                    message = await step[1]  # no timeout: no wrapper task on the hot path
+                elif step[0] == "get":
                     message = await asyncio.wait_for(_awaitable(step[1]), step[2])
                 else:
                     await asyncio.to_thread(self.wait_change, step[1])
