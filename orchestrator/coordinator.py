@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +26,7 @@ from orchestrator.errors import InvalidConfig, Overloaded, PoolNotFound, PoolUna
 from orchestrator.host import actor_class
 from orchestrator.jobs import JobRunner
 from orchestrator.pools import ActorSlot, PoolState, choose_session_slot, demanded, pending_reason
+from orchestrator.router import first_line
 from orchestrator.types import Failure
 
 log = logging.getLogger("orchestrator.coordinator")
@@ -212,7 +212,7 @@ class Coordinator:
                 ray.kill(slot.handle, no_restart=True)
                 await self._on_death(pool, slot, gen, f"hung: no answer to ping in {pool.spec.health.timeout_s:g}s")
         except RayActorError as exc:
-            await self._on_death(pool, slot, gen, f"died: {_first_line(exc)}")
+            await self._on_death(pool, slot, gen, f"died: {first_line(exc)}")
         finally:
             slot.pinging = False
             slot.last_ping = time.monotonic()
@@ -507,10 +507,6 @@ def _pending_demands() -> list[dict[str, float]]:
     ]
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 async def _as_future(ref: Any) -> Any:
     return await ref
 
@@ -518,8 +514,3 @@ async def _as_future(ref: Any) -> Any:
 def coordinator_class() -> Any:
     """The Coordinator as a Ray actor class."""
     return ray.remote(num_cpus=0, max_restarts=0)(Coordinator)
-
-
-def unpickle(blob: bytes) -> Any:
-    """Read a stored checkpoint."""
-    return pickle.loads(blob)

@@ -198,7 +198,7 @@ class Router:
                         exclude.add(actor["actor_id"])
                         continue
                     raise WorkerCrashed(
-                        f"the actor running this call died: {_first_line(exc)}", pool=pool, op=op
+                        f"the actor running this call died: {first_line(exc)}", pool=pool, op=op
                     ) from None
             finally:
                 self.release(pool, actor)
@@ -280,6 +280,7 @@ def _slot_of(entry: dict[str, Any], actor: dict[str, Any]) -> int | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (Ray's are long), or its type name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

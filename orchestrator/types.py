@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-JSON = Any
 Args = dict[str, Any]
 
 # What a caller sends a WorkerHost, as ONE Ray argument (each extra Ray argument
