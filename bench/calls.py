@@ -7,7 +7,7 @@ Run from the repository root (with the project's venv active):
     python bench/calls.py --out /tmp/c.json
 
 One local Ray (4 logical CPUs) holds both sides: a pool "bench" of one
-``workers.testing:Toolbox`` actor (num_cpus=1) and one raw Ray actor (num_cpus=1).
+``tests.kit:Toolbox`` actor (num_cpus=1) and one raw Ray actor (num_cpus=1).
 Two anchors: a bare no-argument call / unbounded stream (the raw floor), and the
 same Ray work the orchestrator must do (one request argument per call, a stream
 with the same backpressure window), which isolates the orchestrator's own cost.
@@ -139,7 +139,7 @@ def measure(p: dict[str, int], state_dir: Path, namespace: str) -> list[dict[str
             "state_dir": str(state_dir),
             "pools": {
                 "bench": {
-                    "worker": "workers.testing:Toolbox",
+                    "worker": "tests.kit:Toolbox",
                     "size": 1,
                     "resources": {"num_cpus": 1},
                     "sessions": {"checkpoint": "never"},

@@ -11,7 +11,7 @@ installed: ``pip install -e ".[bench]"``, which adds ``ray[serve]``):
 One local Ray (4 logical CPUs) holds all three servers, each a real HTTP server on 127.0.0.1:
 
 - gateway: ``orchestrator gateway`` in a subprocess (uvicorn), over a pool "bench" of one
-  ``workers.testing:Toolbox`` actor (num_cpus=1, concurrency 32, queue 1024);
+  ``tests.kit:Toolbox`` actor (num_cpus=1, concurrency 32, queue 1024);
   POST /v1/pools/bench/ops/noop -> {"result": null}
 - Ray Serve: one replica (num_cpus=1, max_ongoing_requests=100) of an async no-op
   deployment behind Serve's HTTP proxy; access logs off on both sides, as in the gateway.
@@ -340,7 +340,7 @@ def measure(p: dict[str, int], namespace: str, tmp: Path, use_wrk: bool, console
             "state_dir": str(tmp / "state"),
             "pools": {
                 "bench": {
-                    "worker": "workers.testing:Toolbox",
+                    "worker": "tests.kit:Toolbox",
                     "size": 1,
                     "resources": {"num_cpus": 1},
                     "limits": {"concurrency": CONCURRENCY, "queue": 1024},

@@ -7,7 +7,7 @@ Run from the repository root (with the project's venv active):
     python bench/jobs.py --out /tmp/j.json
 
 One local Ray (4 logical CPUs) holds both sides: a pool "bench" of two
-``workers.testing:Toolbox`` actors (num_cpus=1, concurrency 10) and plain Ray
+``tests.kit:Toolbox`` actors (num_cpus=1, concurrency 10) and plain Ray
 actors for the anchors.
 
 1. One job: ``trials(n, interval=0)`` yields a progress and a trial event per
@@ -58,8 +58,8 @@ from rich.console import Console
 from rich.table import Table
 
 import orchestrator
-from orchestrator.api import Job
 from orchestrator.config import parse_config
+from orchestrator.dataplane.handles import Job
 
 POOL = "bench"
 POLL_S = 0.01  # job.status() polling period while waiting for recovery
@@ -449,7 +449,7 @@ def measure(p: dict[str, Any], state_dir: Path, namespace: str) -> tuple[list[di
             "state_dir": str(state_dir),
             "pools": {
                 POOL: {
-                    "worker": "workers.testing:Toolbox",
+                    "worker": "tests.kit:Toolbox",
                     "size": 2,
                     "resources": {"num_cpus": 1},
                     "limits": {"concurrency": 10},
@@ -534,7 +534,7 @@ def main() -> None:
             "loadavg_after": os.getloadavg(),
         },
         "params": p,
-        "pool": "bench: 2 x workers.testing:Toolbox, num_cpus 1, concurrency 10, max_restarts 100, health 0.5 s",
+        "pool": "bench: 2 x tests.kit:Toolbox, num_cpus 1, concurrency 10, max_restarts 100, health 0.5 s",
         "anchors": {
             "events": "plain @ray.remote(num_cpus=1, max_concurrency=10) actor generator (no backpressure), "
             "same 2n dicts, consumed by the driver (one thread per stream)",

@@ -45,7 +45,7 @@ from rich.table import Table
 
 import orchestrator
 from orchestrator.config import parse_config
-from workers.light.tiny import build_tiny_model
+from orchestrator.models.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH1_GOAL = 0.95

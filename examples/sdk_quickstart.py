@@ -1,7 +1,7 @@
 """The Python SDK against a running gateway: a call, a session and a stream.
 
-    orchestrator up                    # in one terminal
-    python examples/sdk_quickstart.py  # in another ($ORCHESTRATOR_URL, $ORCHESTRATOR_TOKEN if set)
+orchestrator up                    # in one terminal
+python examples/sdk_quickstart.py  # in another ($ORCHESTRATOR_URL, $ORCHESTRATOR_TOKEN if set)
 """
 
 from __future__ import annotations

@@ -205,6 +205,12 @@ class OpFailed(OrchestratorError):
     http_status = 500
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (Ray's are long), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 ERROR_CLASSES: dict[str, type[OrchestratorError]] = {
     cls.code: cls
     for cls in (

@@ -6,6 +6,11 @@ from typing import Any
 
 Args = dict[str, Any]
 
+# The coordinator's Ray actor name (in the orchestrator's namespace): how every plane finds it.
+COORDINATOR_NAME = "coordinator"
+# Error code of a host that is draining: the call never ran, and the router retries it elsewhere.
+RECYCLING = "_recycling"
+
 # What a caller sends a WorkerHost, as ONE Ray argument (each extra Ray argument
 # costs ~40 us to serialize): op, args, session id, session sequence, caller id, call id.
 Request = tuple[str, Args, str | None, int | None, str, str]

@@ -56,7 +56,7 @@ def start_orchestrator(ray_cluster: None, tmp_path_factory: pytest.TempPathFacto
 def toolbox(size: int = 1, **overrides: Any) -> dict[str, Any]:
     """A Toolbox pool spec with small resources."""
     spec: dict[str, Any] = {
-        "worker": "workers.testing:Toolbox",
+        "worker": "tests.kit:Toolbox",
         "size": size,
         "resources": {"num_cpus": 0.25},
         "health": {"period_s": 0.5, "timeout_s": 5.0},

@@ -137,7 +137,7 @@ def test_async_api(orch: orchestrator.Orchestrator) -> None:
 
 def test_start_fails_naming_the_pool_for_a_bad_worker(start_orchestrator: Start) -> None:
     with pytest.raises(errors.InvalidConfig, match="pools.broken.worker: .*not a subclass of orchestrator.Worker"):
-        start_orchestrator({"broken": toolbox(worker="workers.testing:NotAWorker")})
+        start_orchestrator({"broken": toolbox(worker="tests.kit:NotAWorker")})
     with pytest.raises(errors.InvalidConfig, match="pools.badopts.options"):
         start_orchestrator({"badopts": toolbox(options={"nope": 1})})
 

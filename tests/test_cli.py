@@ -40,7 +40,7 @@ state_dir: {tmp_path / "state"}
 gateway: {{port: {port}}}
 pools:
   toolbox:
-    worker: workers.testing:Toolbox
+    worker: tests.kit:Toolbox
     size: 1
     resources: {{num_cpus: 0.5}}
 """

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.config import load_config, parse_bytes, parse_config
 from orchestrator.errors import InvalidConfig
 
-GOOD = {"worker": "workers.testing:Toolbox"}
+GOOD = {"worker": "tests.kit:Toolbox"}
 
 
 def error_of(data: dict, base_dir: Path | str = ".") -> str:
@@ -80,7 +80,7 @@ def test_unset_env_var_without_default_names_field() -> None:
 
 def test_load_config_reads_file_and_names_it(tmp_path: Path) -> None:
     path = tmp_path / "custom.yaml"
-    path.write_text("pools:\n  light:\n    worker: workers.testing:Toolbox\n    size: {min: -2}\n")
+    path.write_text("pools:\n  light:\n    worker: tests.kit:Toolbox\n    size: {min: -2}\n")
     with pytest.raises(InvalidConfig, match=r"custom.yaml: pools.light.size.min: must be >= 0, got -2"):
         load_config(path)
     with pytest.raises(InvalidConfig, match="file not found"):

@@ -264,9 +264,9 @@ def test_no_model_configured_serves_the_tiny_model(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from orchestrator import Context
+    from orchestrator.models.tiny import main
     from workers.light import Light
     from workers.light.params import Message
-    from workers.light.tiny import main
 
     assert main(["--out", str(tiny)]) == 0 and capsys.readouterr().out.strip() == str(tiny)  # already built: reused
     worker = Light(tiny_dir=str(tmp_path / "cache"), threads=1)  # what pools.yaml gets with options.model empty

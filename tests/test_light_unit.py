@@ -11,7 +11,7 @@ import pytest
 from fastapi.responses import JSONResponse
 
 from orchestrator.errors import InvalidArguments, OpNotFound, PoolNotFound, Timeout
-from orchestrator.openai.chat import from_orchestrator_error, openai_error, split_model
+from orchestrator.gateway.openai.chat import from_orchestrator_error, openai_error, split_model
 from workers.light.batching import Batcher, Job
 from workers.light.params import (
     Row,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.config import Pool
-from orchestrator.pools import ActorSlot, PoolState, RestartIntensity, choose_session_slot, pending_reason
+from orchestrator.control.pools import ActorSlot, PoolState, RestartIntensity, choose_session_slot, pending_reason
 
 
 def test_restart_intensity_allows_max_then_refuses_then_forgets() -> None:

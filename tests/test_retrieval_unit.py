@@ -15,8 +15,8 @@ pytest.importorskip("sentence_transformers", reason="the retrieval extra is not 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from orchestrator.contract import Context
 from orchestrator.errors import InvalidArguments, InvalidConfig
-from orchestrator.worker import Context
 from workers.retrieval import Retrieval
 from workers.retrieval.embedder import bundled_minilm
 from workers.retrieval.index import VectorIndex
@@ -227,7 +227,7 @@ def test_cuda_embeddings_match_cpu_and_memory_fraction_is_set(worker: Retrieval)
 @cuda
 def test_cuda_oom_halves_the_batch_through_the_host() -> None:
     """A tiny memory fraction makes big batches run out of memory; the WorkerHost retries with half the batch."""
-    from orchestrator.host import WorkerHost
+    from orchestrator.runtime.host import WorkerHost
 
     spec = {"worker": "workers.retrieval:Retrieval", "options": {"device": "cuda", "gpu_memory_fraction": 0.004}}
     host = WorkerHost("ret", 0, 0, spec, "ns", "coordinator")

@@ -10,8 +10,8 @@ from pydantic import Field
 
 import orchestrator
 from orchestrator import Context, Worker, op
+from orchestrator.contract import load_worker_class, ops_of
 from orchestrator.errors import InvalidArguments, InvalidConfig, OrchestratorError, Overloaded, SessionLost
-from orchestrator.worker import load_worker_class, ops_of
 
 
 class Sample(Worker):
@@ -55,15 +55,15 @@ def test_validation_names_the_bad_field() -> None:
 
 
 def test_load_worker_class_checks_entry_class_and_options() -> None:
-    assert load_worker_class("workers.testing:Toolbox", "p", {"greeting": "yo"}).__name__ == "Toolbox"
+    assert load_worker_class("tests.kit:Toolbox", "p", {"greeting": "yo"}).__name__ == "Toolbox"
     with pytest.raises(InvalidConfig, match="pools.p.worker: cannot import 'workers.nope'"):
         load_worker_class("workers.nope:Toolbox", "p", {})
     with pytest.raises(InvalidConfig, match="has no 'Nope'"):
-        load_worker_class("workers.testing:Nope", "p", {})
+        load_worker_class("tests.kit:Nope", "p", {})
     with pytest.raises(InvalidConfig, match="not a subclass of orchestrator.Worker"):
-        load_worker_class("workers.testing:NotAWorker", "p", {})
+        load_worker_class("tests.kit:NotAWorker", "p", {})
     with pytest.raises(InvalidConfig, match="pools.p.options: .* does not accept"):
-        load_worker_class("workers.testing:Toolbox", "p", {"colour": "red"})
+        load_worker_class("tests.kit:Toolbox", "p", {"colour": "red"})
 
 
 def test_errors_round_trip_as_dicts_and_pickles() -> None:

@@ -5,7 +5,7 @@ makes the offline default model. torch and transformers are imported only when
 a worker starts, so this package imports without them.
 """
 
-from workers.light.tiny import build_tiny_model
+from orchestrator.models.tiny import build_tiny_model
 from workers.light.worker import Light
 
 __all__ = ["Light", "build_tiny_model"]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from orchestrator import Context, Worker, op
 from orchestrator.errors import InvalidArguments
+from orchestrator.models.tiny import TINY_NAME, build_tiny_model, default_tiny_dir
 from workers.light.batching import Job
 from workers.light.params import (
     MaxTokens,
@@ -34,7 +35,6 @@ from workers.light.params import (
     resolve_max_tokens,
     row_seed,
 )
-from workers.light.tiny import TINY_NAME, build_tiny_model, default_tiny_dir
 
 Result = dict[str, Any]
 Events = Generator[dict[str, Any], None, Result]

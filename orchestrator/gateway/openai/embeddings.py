@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.api import Orchestrator
+from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
 
 EMBED_OP = "embeddings"

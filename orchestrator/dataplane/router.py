@@ -32,9 +32,9 @@ from orchestrator.errors import (
     PoolUnavailable,
     Timeout,
     WorkerCrashed,
+    first_line,
 )
-from orchestrator.host import RECYCLING
-from orchestrator.types import Failure
+from orchestrator.types import RECYCLING, Failure
 
 log = logging.getLogger("orchestrator.router")
 
@@ -278,9 +278,3 @@ def _slot_of(entry: dict[str, Any], actor: dict[str, Any]) -> int | None:
         if candidate["actor_id"] == actor["actor_id"]:
             return int(index)
     return None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's text (Ray's are long), or its type name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,12 +16,16 @@ import pickle
 import time
 import uuid
 from collections import deque
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import ray
 from ray.exceptions import RayActorError
 
+from orchestrator.config.schema import JobOptions
+from orchestrator.control.pools import ActorSlot, PoolState
+from orchestrator.control.store import Store
 from orchestrator.errors import (
     JobNotFound,
     OpNotFound,
@@ -32,12 +36,29 @@ from orchestrator.errors import (
 )
 from orchestrator.types import Failure, Final
 
-if TYPE_CHECKING:
-    from orchestrator.coordinator import Coordinator
-    from orchestrator.pools import ActorSlot, PoolState
-
 FINISHED = ("succeeded", "failed", "cancelled")
 CHECKPOINT_WAIT_S = 60.0
+
+
+class JobHost(Protocol):
+    """What the job runner needs of the control plane, and nothing more."""
+
+    @property
+    def pools(self) -> Mapping[str, PoolState]:
+        """The pools by name (read only)."""
+
+    @property
+    def stopping(self) -> bool:
+        """True once shutdown has begun."""
+
+    def session_slot(self, session_id: str) -> tuple[str, int] | None:
+        """The pool and slot index a session is pinned to (None if it is not open)."""
+
+    async def report_dead(self, pool_name: str, index: int, gen: int) -> None:
+        """A job's actor died: have the supervisor check it now."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task whose failure is logged."""
 
 
 @dataclass
@@ -57,10 +78,10 @@ class Run:
 class JobRunner:
     """Queues, runs, retries and cancels jobs; serves their event logs."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        self.store = coordinator.store
-        self.options = coordinator.config.jobs
+    def __init__(self, host: JobHost, store: Store, options: JobOptions) -> None:
+        self.host = host
+        self.store = store
+        self.options = options
         self.queues: dict[str, deque[str]] = {}
         self.runs: dict[str, Run] = {}
         self.logged: dict[str, int] = {}
@@ -71,16 +92,17 @@ class JobRunner:
         self, pool_name: str, op: str, args: dict[str, Any], session: str | None, max_retries: int | None
     ) -> Any:
         """Queue a job; unknown pool/op and bad arguments are refused now, not later."""
-        pool = self.coordinator.pools.get(pool_name)
+        pool = self.host.pools.get(pool_name)
         if pool is None:
-            known = ", ".join(sorted(self.coordinator.pools))
+            known = ", ".join(sorted(self.host.pools))
             return Failure(PoolNotFound(f"no pool {pool_name!r} (pools: {known})", pool=pool_name).to_dict())
         if pool.state in ("failed", "stopped"):
             return Failure(PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool_name).to_dict())
         if pool.ops and op not in pool.ops:
             message = f"pool {pool_name!r} has no op {op!r} (ops: {', '.join(sorted(pool.ops))})"
             return Failure(OpNotFound(message, pool=pool_name, op=op).to_dict())
-        if session is not None and self.coordinator.sessions.get(session, {}).get("pool") != pool_name:
+        pinned = self.host.session_slot(session) if session is not None else None
+        if session is not None and (pinned is None or pinned[0] != pool_name):
             return Failure(
                 SessionNotFound(f"no open session {session} in pool {pool_name!r}", pool=pool_name).to_dict()
             )
@@ -110,7 +132,7 @@ class JobRunner:
     def dispatch(self) -> None:
         """Start queued jobs on actors with a free slot (called on submit, finish and every tick)."""
         for pool_name, queue in self.queues.items():
-            pool = self.coordinator.pools.get(pool_name)
+            pool = self.host.pools.get(pool_name)
             if pool is not None and pool.state == "failed":
                 self._fail_queued(pool, queue)
             if pool is None or pool.state != "running":
@@ -138,8 +160,8 @@ class JobRunner:
             if run.pool == pool.name:
                 busy[run.slot] = busy.get(run.slot, 0) + 1
         if session is not None:
-            record = self.coordinator.sessions.get(session)
-            slots = [pool.slots[record["slot"]]] if record else []
+            pinned = self.host.session_slot(session)
+            slots = [pool.slots[pinned[1]]] if pinned else []
         else:
             slots = pool.slots
         capacity = pool.spec.limits.concurrency
@@ -150,7 +172,7 @@ class JobRunner:
         """Queue the unfinished jobs a previous coordinator left in the store (resumed from checkpoints)."""
         unfinished = [j for j in self.store.list_jobs(limit=1_000_000) if j["status"] not in FINISHED]
         for job in sorted(unfinished, key=lambda j: j["created"]):
-            if job["pool"] in self.coordinator.pools:
+            if job["pool"] in self.host.pools:
                 self.store.update_job(job["id"], status="retrying" if job["attempts"] else "queued")
                 self.logged[job["id"]] = job["events"]
                 self.queues.setdefault(job["pool"], deque()).append(job["id"])
@@ -200,7 +222,7 @@ class JobRunner:
     async def _finish(self, pool: PoolState, run: Run, job: dict[str, Any], attempts: int, outcome: Any) -> None:
         job_id = job["id"]
         now = time.time()
-        if self.coordinator.stopping and not run.cancel and not isinstance(outcome, Final | Failure):
+        if self.host.stopping and not run.cancel and not isinstance(outcome, Final | Failure):
             # Shut down under it: left queued, it resumes from its checkpoint when an orchestrator
             # starts again on this state_dir (JobRunner.recover).
             self.store.update_job(job_id, status="queued")
@@ -216,7 +238,7 @@ class JobRunner:
             self.store.update_job(job_id, status="retrying")
             pool.event("job_retry", None, f"job {job_id}: actor died; re-run {attempts}/{job['max_retries']}")
             self.queues.setdefault(pool.name, deque()).appendleft(job_id)
-            await self.coordinator.report_dead(pool.name, run.slot, run.gen)
+            await self.host.report_dead(pool.name, run.slot, run.gen)
         else:
             why = f"the actor died (after {attempts} attempt(s))" if outcome is not None else "the stream ended early"
             error = WorkerCrashed(f"job {job_id}: {why}", pool=pool.name, op=job["op"])
@@ -256,7 +278,7 @@ class JobRunner:
             return {"id": job_id, "status": "cancelled", "cancelled": True, "message": "cancelled before it ran"}
         run.cancel = True
         run.handle.cancel.remote(run.call_id)
-        self.coordinator._spawn(self._kill_after_grace(run))
+        self.host.spawn(self._kill_after_grace(run))
         return {"id": job_id, "status": "running", "cancelled": True, "message": "cancelling: the op was asked to stop"}
 
     async def _kill_after_grace(self, run: Run) -> None:
@@ -273,7 +295,7 @@ class JobRunner:
         if job is None:
             return Failure(JobNotFound(f"no job {job_id}").to_dict())
         run = self.runs.get(job_id)
-        job["actor"] = self.coordinator.pools[run.pool].slots[run.slot].name if run else None
+        job["actor"] = self.host.pools[run.pool].slots[run.slot].name if run else None
         return job
 
     def list(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:

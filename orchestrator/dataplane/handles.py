@@ -1,81 +1,27 @@
-"""The in-process Python API: ``start()``, ``connect()`` and the Orchestrator handle.
+"""The in-process handles: ``connect()``, ``Orchestrator``, ``Session`` and ``Job``.
 
-The same handle is what an op gets as ``ctx.orchestrator``, so workers call
-other pools exactly as a driver script does.
+The same ``Orchestrator`` handle is what an op gets as ``ctx.orchestrator``,
+so workers call other pools exactly as a driver script does. (``start()``,
+which also launches the control plane, is ``orchestrator.control.launch``'s.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Iterator
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from orchestrator.config import Config, load_config
-from orchestrator.coordinator import COORDINATOR_NAME, coordinator_class
-from orchestrator.envs import check_py_executable, requirements
+from orchestrator.dataplane.router import Router, unwrap
+from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import JobCancelled, OrchestratorError, Overloaded, PoolUnavailable, Timeout, WorkerCrashed
-from orchestrator.host import RECYCLING
-from orchestrator.router import LOCAL, WAIT_FOR_ACTOR_S, Router, unwrap
-from orchestrator.types import Failure, Final
-from orchestrator.worker import load_worker_class
+from orchestrator.types import COORDINATOR_NAME, RECYCLING, Failure
 
 JOB_POLL_S = 5.0  # long-poll length when following a job
-
-
-def start(
-    config: str | Path | Config = "pools.yaml",
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    **ray_init: Any,
-) -> Orchestrator:
-    """Start Ray (embedded unless ``ray.address`` is set), the coordinator and every pool.
-
-    Returns once each actor is ready or pending for resources. A bad pool
-    (unimportable worker, bad options, failing constructor, env build error)
-    raises InvalidConfig naming the pool, and nothing is left running.
-    ``on_progress`` gets the pools' status about twice a second while they start.
-    """
-    cfg = config if isinstance(config, Config) else load_config(config)
-    for name, pool in cfg.pools.items():
-        if pool.py_executable is not None:
-            check_py_executable(pool.py_executable, name)
-        elif pool.env_manager != "none" and not requirements(cfg.env_dir(name)):
-            load_worker_class(pool.worker, name, pool.options)  # same env as ours: fail fast
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True}
-        if cfg.ray.address:
-            kwargs["address"] = cfg.ray.address
-        else:
-            kwargs.update(dashboard_host=cfg.ray.dashboard_host, include_dashboard=True)
-            if cfg.ray.num_cpus is not None:
-                kwargs["num_cpus"] = cfg.ray.num_cpus
-            if cfg.ray.num_gpus is not None:
-                kwargs["num_gpus"] = cfg.ray.num_gpus
-        ray.init(**{**kwargs, **ray_init})
-    coordinator = (
-        coordinator_class()
-        .options(name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached")
-        .remote(cfg.model_dump())
-    )
-    applying = coordinator.apply.remote()
-    while on_progress is not None and not ray.wait([applying], timeout=0.5)[0]:
-        on_progress(ray.get(coordinator.status.remote()))
-    outcome = ray.get(applying)
-    if isinstance(outcome, Failure):
-        ray.get(coordinator.shutdown.remote(0.0))
-        ray.kill(coordinator)
-        if owns_ray:
-            ray.shutdown()
-        unwrap(outcome)
-    return Orchestrator(coordinator, cfg.ray.namespace, owns_ray=owns_ray)
 
 
 def connect(address: str | None = "auto", namespace: str = "orchestrator") -> Orchestrator:
@@ -257,148 +203,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class Stream:
-    """Events of one streaming call. Iterate it; then ``result`` is the op's return value.
-
-    An error in the op is raised (as OrchestratorError) after the events it
-    yielded. Closing early (or leaving a ``with`` block, or dropping the
-    stream) cancels the op.
-    """
-
-    def __init__(self, router: Router, pool: str, op: str, args: dict[str, Any], session: Session | None = None):
-        self.router, self.pool, self.op, self.args, self.session = router, pool, op, args, session
-        self.result: Any = None
-        self.done = False
-        self.events = 0
-        self.actor: dict[str, Any] | None = None
-        self.local = False
-        self.exclude: set[str] = set()  # actors that answered "draining" before any event
-        self.call_id = router.new_call_id()
-        router.check_op(pool, op)
-        self.items: Any = None  # opened on first read: the op starts when someone listens
-
-    def _open(self, exclude: set[str]) -> Any:
-        router = self.router
-        sid = self.session.id if self.session else None
-        target = router._target(self.pool, self.session, exclude)
-        if target is None:
-            router.wait_change(time.monotonic() + WAIT_FOR_ACTOR_S)
-            target = router._target(self.pool, self.session, exclude)
-        if target == LOCAL:
-            self.local = True
-            return iter(router.local_host.stream((self.op, self.args, sid, None, "", self.call_id), True))
-        if target is None:
-            raise PoolUnavailable(f"no ready actor in pool {self.pool!r}", pool=self.pool, op=self.op)
-        assert isinstance(target, dict)
-        self.actor = target
-        router.acquire(self.pool, target)
-        buffer = router.pool(self.pool)["limits"]["stream_buffer"]
-        method = target["handle"].stream.options(num_returns="streaming", _generator_backpressure_num_objects=buffer)
-        if self.session is None:
-            return method.remote((self.op, self.args, None, None, router.caller, self.call_id))
-        with self.session.lock:
-            seq = next(self.session.seqs)
-            return method.remote((self.op, self.args, sid, seq, router.caller, self.call_id))
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> Any:
-        while not self.done:
-            if self.items is None:
-                self.items = self._open(self.exclude)
-            try:
-                item = next(self.items)
-                if not self.local:
-                    item = ray.get(item)
-            except BaseException as exc:
-                self._fail(exc)
-            if self._take(item):
-                return item
-        raise StopIteration
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> Any:
-        """Async iteration (the gateway): awaits each event without blocking the loop."""
-        while not self.done:
-            if self.items is None:
-                self.items = await asyncio.to_thread(self._open, self.exclude)
-            try:
-                item = next(self.items) if self.local else await (await self.items.__anext__())
-            except StopAsyncIteration:
-                self._fail(StopIteration())
-            except BaseException as exc:
-                self._fail(exc)
-            if self._take(item):
-                return item
-        raise StopAsyncIteration
-
-    def _fail(self, exc: BaseException) -> NoReturn:
-        """The transport ended or broke before the op's Final/Failure."""
-        if isinstance(exc, RayActorError) and self.actor is not None:
-            self.router.report_dead(self.pool, self.actor, self.session.slot if self.session else None)
-        if isinstance(exc, StopIteration):
-            self._finish()
-            raise WorkerCrashed("the stream ended without a result", pool=self.pool, op=self.op) from None
-        if isinstance(exc, RayActorError):
-            self._finish()
-            raise WorkerCrashed(f"the actor running this stream died: {exc}", pool=self.pool, op=self.op) from None
-        self.close()  # interrupted (cancelled task, Ctrl-C): the op must stop too
-        raise exc
-
-    def _take(self, item: Any) -> bool:
-        """True for an event to hand out; handles Final, Failure and a draining actor."""
-        if isinstance(item, Final):
-            self._finish()
-            self.result = item.value
-            return False
-        if isinstance(item, Failure):
-            if item.code == RECYCLING and self.events == 0 and self.actor is not None:
-                self.exclude.add(self.actor["actor_id"])
-                self._release()
-                self.items = None  # reopened on another actor by the loop
-                return False
-            self._finish()
-            unwrap(item)
-        self.events += 1
-        return True
-
-    def collect(self) -> tuple[list[Any], Any]:
-        """All events and the result."""
-        events = list(self)
-        return events, self.result
-
-    def close(self) -> None:
-        """Stop consuming: the op sees ``ctx.cancelled`` and stops."""
-        if not self.done:
-            if self.actor is not None:
-                self.actor["handle"].cancel.remote(self.call_id)
-            self._finish()
-
-    def _release(self) -> None:
-        if self.actor is not None:
-            self.router.release(self.pool, self.actor)
-            self.actor = None
-
-    def _finish(self) -> None:
-        self.done = True
-        self._release()
-        self.items = iter(())
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A stream dropped half-read must not keep its op running or its slot counted.
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 class Job:

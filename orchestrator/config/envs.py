@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from orchestrator.config import Pool
+from orchestrator.config.schema import Pool
 from orchestrator.errors import InvalidConfig
 
 
@@ -43,6 +41,8 @@ def runtime_env(spec: Pool, env_dir: Path | None) -> dict[str, Any]:
 
 def check_py_executable(path: str, pool: str) -> None:
     """A prebuilt virtualenv must hold the same Python minor version and Ray version as ours."""
+    import ray  # only the server side checks envs: the client installs without Ray
+
     probe = "import sys, ray; print(f'{sys.version_info[0]}.{sys.version_info[1]} {ray.__version__}')"
     try:
         out = subprocess.run([path, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout

@@ -21,7 +21,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.api import Orchestrator, Stream
+from orchestrator.dataplane.handles import Orchestrator
+from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, PoolNotFound
 
 SSE = "text/event-stream"

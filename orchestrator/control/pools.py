@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.config import Pool
+from orchestrator.config.schema import Pool
 
 EVENT_LOG = 50  # recent events kept per pool for status
 

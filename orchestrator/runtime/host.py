@@ -1,9 +1,10 @@
-"""WorkerHost: the Ray actor that wraps one instance of a pool's Worker class.
+"""WorkerHost: the Ray actor that wraps one instance of a pool's Worker class (its admin API and call entry).
 
 It is a threaded actor: ops run on Ray's executor threads (no extra hop), with
 ``limits.concurrency`` of them at once; admin methods (ping, cancel, session
 admin, drain) run in their own concurrency group so a busy or stuck op never
-starves the health check. A failed op returns a ``Failure`` holding the error dict,
+starves the health check. Running an op is ``execution.py``'s; ordering a
+session's calls is ``turnstile.py``'s. A failed op returns a ``Failure`` holding the error dict,
 so errors cross the process boundary as data (a ``Failure``), not as wrapped tracebacks.
 """
 
@@ -13,51 +14,22 @@ import asyncio
 import functools
 import os
 import pickle
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import ray
 
-from orchestrator.errors import (
-    DependencyMissing,
-    GpuOom,
-    InvalidArguments,
-    OpFailed,
-    OpNotFound,
-    OrchestratorError,
-    SessionLost,
-    SessionNotFound,
-)
-from orchestrator.types import Failure, Final, JobRun, Request
-from orchestrator.worker import Context, OpSpec, Worker, load_worker_class, ops_of
+from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
+from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
+from orchestrator.runtime.execution import gpu_memory, run_op, run_stream, to_error
+from orchestrator.runtime.turnstile import SessionSlot, Turn
+from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request
 
-# Internal answer of a host that is draining: the router retries elsewhere (the op never ran).
-RECYCLING = "_recycling"
 ADMIN = "admin"
-SEQ_WAIT_S = 30.0  # how long a session call waits for an earlier one that never arrived
-
-
-@dataclass
-class SessionSlot:
-    """One session's state on this actor, and the turnstile that orders its calls."""
-
-    state: dict[str, Any] = field(default_factory=dict)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    next_seq: dict[str, int] = field(default_factory=dict)
-    restored: bool = False  # after a restore, a caller's first call sets its sequence
-    busy: bool = False
-    last_used: float = field(default_factory=time.time)
-
-
-def is_cuda_oom(exc: BaseException) -> bool:
-    """True for torch.cuda.OutOfMemoryError without importing torch."""
-    return type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("torch")
 
 
 class WorkerHost:
@@ -103,7 +75,7 @@ class WorkerHost:
         except OrchestratorError as exc:
             self.init_error = exc.to_dict()
         except BaseException as exc:  # the constructor raised: report it, naming the pool
-            error = self._convert(exc, None)
+            error = to_error(exc, pool, None, env_file, debug)
             error.message = f"pools.{pool}: worker constructor failed: {error.message}"
             self.init_error = error.to_dict()
 
@@ -125,7 +97,7 @@ class WorkerHost:
         return {
             "pid": os.getpid(),
             "rss": self.process.memory_info().rss,
-            "gpu_memory": self._gpu_memory(),
+            "gpu_memory": gpu_memory(),
             "calls": self.calls,
             "inflight": self.inflight,
             "recycling": self.recycling,
@@ -147,7 +119,7 @@ class WorkerHost:
         try:
             self._spec(op).validate(args, self.pool)
         except OrchestratorError as exc:
-            return Failure(self._error(exc, self.ops.get(op), op))
+            return Failure(self._error(exc, op))
         return None
 
     @ray.method(concurrency_group=ADMIN)
@@ -212,23 +184,23 @@ class WorkerHost:
             self._admit(session, inline)
             admitted = True
             spec = self._spec(op)
-            with self._turn(session, seq, caller, inline) as ctx_state:
+            with self._turn(session, seq, caller) as ctx_state:
                 args = self._validate(spec, args, session)
                 ctx = self._context(spec, session, call_id, ctx_state)
                 if job is not None:
                     self._as_job(ctx, job)
                 try:
                     if spec.stream:
-                        yield from self._run_stream(spec, args, ctx)
+                        yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
                     else:
-                        yield Final(self._run(spec, args, ctx))
+                        yield Final(run_op(self.worker, spec, args, ctx, self._event_loop))
                     self._after_session_call(session)
                 finally:
                     self.running.pop(call_id, None)
         except GeneratorExit:
             raise
         except BaseException as exc:
-            yield Failure(self._error(exc, spec, op))
+            yield Failure(self._error(exc, op))
         finally:
             self._after_call(admitted)
 
@@ -261,8 +233,8 @@ class WorkerHost:
             )
         return spec.validate(args, self.pool)
 
-    def _turn(self, session: str | None, seq: int | None, caller: str, inline: bool) -> _Turn:
-        return _Turn(self, session, seq, caller, inline)
+    def _turn(self, session: str | None, seq: int | None, caller: str) -> Turn:
+        return Turn(self.sessions[session] if session is not None else None, seq, caller)
 
     def _context(self, spec: OpSpec, session: str | None, call_id: str, state: dict[str, Any] | None) -> Context:
         ctx = Context(pool=self.pool, op=spec.name, session_id=session)
@@ -286,59 +258,6 @@ class WorkerHost:
             ray.get(self._coordinator_handle().job_checkpoint.remote(job_id, pickle.dumps(obj), position))
 
         ctx._checkpoint = checkpoint
-
-    def _run(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Any:
-        assert self.worker is not None
-        method = getattr(self.worker, spec.name)
-        while True:
-            kwargs = {**args, "ctx": ctx} if spec.takes_ctx else args
-            try:
-                if spec.is_async:
-                    return asyncio.run_coroutine_threadsafe(method(**kwargs), self._event_loop()).result()
-                return method(**kwargs)
-            except BaseException as exc:
-                # An op whose batch_size defaults to None uses its worker's own batch_size option.
-                batch = args.get("batch_size") or getattr(self.worker, "batch_size", None)
-                if not (is_cuda_oom(exc) and spec.batch_param and isinstance(batch, int) and batch > 1):
-                    raise
-                _empty_cuda_cache()
-                args = {**args, "batch_size": batch // 2}
-
-    def _run_stream(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Iterator[Any]:
-        assert self.worker is not None
-        kwargs = {**args, "ctx": ctx} if spec.takes_ctx else args
-        gen = getattr(self.worker, spec.name)(**kwargs)
-        if spec.is_async:
-            loop = self._event_loop()
-            try:
-                while not ctx.cancelled:
-                    try:
-                        item = asyncio.run_coroutine_threadsafe(gen.__anext__(), loop).result()
-                    except StopAsyncIteration:
-                        break
-                    yield from _drain(ctx)
-                    ctx.yielded += 1
-                    yield item
-                yield from _drain(ctx)
-            finally:
-                asyncio.run_coroutine_threadsafe(gen.aclose(), loop).result()
-            yield Final(None)
-            return
-        try:
-            while True:
-                try:
-                    item = next(gen)
-                except StopIteration as stop:
-                    yield from _drain(ctx)
-                    yield Final(stop.value)
-                    return
-                if ctx.cancelled:
-                    return
-                yield from _drain(ctx)
-                ctx.yielded += 1
-                yield item
-        finally:
-            gen.close()
 
     def _after_session_call(self, session: str | None) -> None:
         if session is not None and self.checkpoint_mode == "after_call":
@@ -374,7 +293,7 @@ class WorkerHost:
 
     def _in_cluster(self) -> Any:
         if self._orchestrator is None:
-            from orchestrator.api import Orchestrator
+            from orchestrator.dataplane.handles import Orchestrator
 
             self._orchestrator = Orchestrator.in_cluster(self.namespace, self.coordinator_name, local_host=self)
         return self._orchestrator
@@ -386,90 +305,14 @@ class WorkerHost:
                 threading.Thread(target=self._loop.run_forever, name="op-loop", daemon=True).start()
             return self._loop
 
-    def _gpu_memory(self) -> int | None:
-        torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-            return None
-        return int(torch.cuda.memory_reserved())
-
-    def _error(self, exc: BaseException, spec: OpSpec | None, op: str) -> dict[str, Any]:
+    def _error(self, exc: BaseException, op: str | None) -> dict[str, Any]:
         if isinstance(exc, _Recycling):
             return {"code": RECYCLING, "message": str(exc)}
-        error = self._convert(exc, spec)
-        error.pool = error.pool or self.pool
-        error.op = error.op or op
-        return error.to_dict()
-
-    def _convert(self, exc: BaseException, spec: OpSpec | None) -> OrchestratorError:
-        if isinstance(exc, OrchestratorError):
-            return exc
-        op = spec.name if spec else None
-        if isinstance(exc, ImportError):
-            where = self.env_file or f"envs/{self.pool}/requirements.txt"
-            return DependencyMissing(
-                f"module {exc.name or str(exc)!r} is not installed in pool {self.pool!r}: add it to {where}",
-                pool=self.pool,
-                op=op,
-                detail={"module": exc.name, "env_file": where},
-            )
-        if is_cuda_oom(exc):
-            _empty_cuda_cache()
-            return GpuOom(f"CUDA out of memory: {exc}", pool=self.pool, op=op)
-        detail: dict[str, Any] = {"type": type(exc).__name__}
-        if self.debug:
-            detail["traceback"] = "".join(traceback.format_exception(exc))
-        return OpFailed(f"{type(exc).__name__}: {exc}", pool=self.pool, op=op, detail=detail)
+        return to_error(exc, self.pool, op, self.env_file, self.debug).to_dict()
 
 
 class _Recycling(Exception):
     """The host is draining; the call never started."""
-
-
-class _Turn:
-    """Runs a session call in its turn: one at a time, in the caller's order.
-
-    (How many ops an actor runs at once is bounded by Ray itself: the actor's
-    default thread group has ``limits.concurrency`` threads.)
-    """
-
-    def __init__(self, host: WorkerHost, session: str | None, seq: int | None, caller: str, inline: bool):
-        self.host, self.session, self.seq, self.caller, self.inline = host, session, seq, caller, inline
-        self.slot: SessionSlot | None = None
-
-    def __enter__(self) -> dict[str, Any] | None:
-        if self.session is not None:
-            self.slot = slot = self.host.sessions[self.session]
-            deadline = time.monotonic() + SEQ_WAIT_S
-            with slot.cond:
-                if self.seq is not None and slot.restored:
-                    slot.next_seq.setdefault(self.caller, self.seq)
-                while slot.busy or (self.seq is not None and slot.next_seq.get(self.caller, 0) < self.seq):
-                    if not slot.cond.wait(timeout=max(0.0, deadline - time.monotonic())) and not slot.busy:
-                        break  # an earlier call never arrived: don't wait on it forever
-                slot.busy = True
-        return self.slot.state if self.slot else None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.slot is not None:
-            with self.slot.cond:
-                self.slot.busy = False
-                self.slot.last_used = time.time()
-                if self.seq is not None:
-                    self.slot.next_seq[self.caller] = self.seq + 1
-                self.slot.cond.notify_all()
-
-
-def _drain(ctx: Context) -> Iterator[Any]:
-    """Progress events the op reported since its last yield."""
-    while ctx.pending:
-        ctx.yielded += 1
-        yield ctx.pending.pop(0)
-
-
-def _empty_cuda_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @functools.cache

@@ -5,7 +5,7 @@ It makes the light pool work on a machine with no network: the default
 so its text is gibberish, but every code path (chat template, batching,
 sampling, stop strings, streaming, LoRA) runs exactly as with a real model.
 
-    python -m workers.light.tiny --out /tmp/tiny      # or: orchestrator models tiny --out DIR
+    orchestrator models tiny --out /tmp/tiny      # or: python -m orchestrator.models.tiny --out DIR
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def build_tiny_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m workers.light.tiny --out DIR``: build the tiny model and print its folder."""
+    """``python -m orchestrator.models.tiny --out DIR``: build the tiny model and print its folder."""
     parser = argparse.ArgumentParser(description="Build a tiny random Llama-style chat model locally (no download).")
     parser.add_argument("--out", type=Path, default=None, help=f"target folder (default: {default_tiny_dir()})")
     parser.add_argument("--hidden-size", type=int, default=64, help="hidden size (64: tiny; 512: a bench model)")

@@ -90,9 +90,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     import ray
     from rich.live import Live
 
-    from orchestrator.api import start
     from orchestrator.config import load_config
-    from orchestrator.gateway import check_bind
+    from orchestrator.control.launch import start
+    from orchestrator.gateway.guard import check_bind
 
     config = load_config(args.config)
     gateway = config.gateway
@@ -139,7 +139,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     """Serve only the HTTP gateway for an orchestrator already running on a Ray cluster."""
     import os
 
-    from orchestrator.api import connect
+    from orchestrator.dataplane.handles import connect
     from orchestrator.gateway import check_bind, serve
 
     token = os.environ.get("ORCHESTRATOR_TOKEN") or None
@@ -318,7 +318,7 @@ def cmd_jobs_result(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Build models that need no download: `models tiny --out DIR` makes a tiny random Llama-style chat model."""
-    from workers.light.tiny import build_tiny_model, default_tiny_dir
+    from orchestrator.models.tiny import build_tiny_model, default_tiny_dir
 
     console.print(str(build_tiny_model(args.out or default_tiny_dir())))
     return 0

@@ -1,0 +1,56 @@
+"""``Context``: what an op sees of its call (session state, checkpoints, resume point, progress, cancellation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.dataplane.handles import Orchestrator
+
+
+@dataclass
+class Context:
+    """What an op sees of its call: session state, checkpoints, progress, cancellation."""
+
+    pool: str
+    op: str
+    session_id: str | None = None
+    job_id: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    resume: Any = None
+    _cancelled: bool = field(default=False, repr=False)  # set from the admin thread; a bool store is atomic
+    _checkpoint: Callable[[Any], None] | None = field(default=None, repr=False)
+    _orchestrator: Callable[[], Orchestrator] | None = field(default=None, repr=False)
+    last_progress: dict[str, Any] = field(default_factory=dict, repr=False)
+    yielded: int = field(default=0, repr=False)  # events this run has yielded (jobs: for checkpoint positions)
+    pending: list[Any] = field(default_factory=list, repr=False)  # job progress events, sent before the next one
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the caller went away or cancelled; a long op should stop soon after."""
+        return self._cancelled
+
+    def checkpoint(self, obj: Any = None) -> None:
+        """Save ``obj`` (in a session: the session state when ``obj`` is None) durably.
+
+        After a crash, a session is restored from its last checkpoint and a job is
+        re-run with ``ctx.resume`` set to it.
+        """
+        if self._checkpoint is None:
+            raise RuntimeError("checkpoint() needs a session or a job: this call has neither")
+        self._checkpoint(self.state if obj is None else obj)
+
+    def progress(self, **fields: Any) -> None:
+        """Report progress (e.g. ``done=3, total=10``): in a job, a ``{"progress": {...}}`` event; always in status."""
+        self.last_progress.update(fields)
+        if self.job_id is not None:
+            self.pending.append({"progress": dict(fields)})
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The in-cluster handle: call other pools (or this one) from inside an op."""
+        if self._orchestrator is None:
+            raise RuntimeError("no orchestrator handle outside a pool actor")
+        return self._orchestrator()

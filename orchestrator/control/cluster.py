@@ -1,0 +1,36 @@
+"""What the Ray cluster holds: alive nodes' resources and the demands Ray could not place yet.
+
+The supervisor asks these to tell "waiting for resources" (and which) from
+"building its env or running its constructor" for an actor that is not ready.
+"""
+
+from __future__ import annotations
+
+import ray
+
+
+def nodes() -> list[dict[str, dict[str, float]]]:
+    """Each alive node's ``total`` and ``available`` resources."""
+    from ray._private.state import available_resources_per_node
+
+    available = available_resources_per_node()
+    return [
+        {"total": node["Resources"], "available": available.get(node["NodeID"], {})}
+        for node in ray.nodes()
+        if node["Alive"]
+    ]
+
+
+def pending_demands() -> list[dict[str, float]]:
+    """Resource shapes Ray has not been able to place (its autoscaler's view)."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    try:
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    except Exception:  # an older or unusual cluster: fall back to "no known demand"
+        return []
+    return [
+        dict(by_count.bundle)
+        for demand in status.resource_demands.ray_task_actor_demand
+        for by_count in demand.bundles_by_count
+    ]

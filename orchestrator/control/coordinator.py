@@ -1,0 +1,223 @@
+"""The coordinator: the control plane's one named, detached async actor, thin over its parts.
+
+    Coordinator (Ray actor: the methods callers use)
+    ├── Supervisor     supervisor.py   launch, ping, restart, recycle, stop
+    ├── SessionTable   sessions.py     placement, reaping, checkpoints, restore
+    ├── RoutingTable   routing.py      the versioned table routers long-poll
+    ├── JobRunner      jobs.py         queues, runs, retries, event logs (through ``JobHost``)
+    └── Store          store.py        SQLite: sessions, checkpoints, jobs, events
+
+It is never on the call path. Its loop runs each part's step and catches and
+logs each step's failure: the loop never dies. A task it spawns that fails is
+logged, never lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import ray
+
+from orchestrator.config.schema import Config
+from orchestrator.control.jobs import JobRunner
+from orchestrator.control.pools import PoolState
+from orchestrator.control.routing import RoutingTable
+from orchestrator.control.sessions import SessionTable
+from orchestrator.control.store import Store
+from orchestrator.control.supervisor import DRAIN_S, Supervisor
+from orchestrator.errors import InvalidConfig
+from orchestrator.types import Failure
+
+log = logging.getLogger("orchestrator.coordinator")
+
+TICK_S = 0.25
+EXPIRE_EVERY_S = 60.0
+
+
+class Coordinator:
+    """Owns every pool; the single writer of routing, session and job state."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = Config.model_validate(config)
+        self.store = Store(self.config.state_path())
+        self.pools: dict[str, PoolState] = {}
+        self.stopping = False
+        self.tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop only keeps weak ones
+        self.loop_task: asyncio.Task[None] | None = None
+        self.expired_at = 0.0
+        self.routing_table = RoutingTable(self.pools, lambda pool: self.session_table.owned_slots(pool))
+        self.session_table = SessionTable(self.pools, self.store, self.routing_table)
+        self.supervisor = Supervisor(self.config, self.pools, self.routing_table, self.session_table, self.spawn)
+        self.jobs = JobRunner(self, self.store, self.config.jobs)
+
+    # ------------------------------------------------- what JobRunner may use
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine as a task; its failure is logged (a task nobody awaits must not fail silently)."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(_log_failure)
+        task.add_done_callback(self.tasks.discard)
+
+    def session_slot(self, session_id: str) -> tuple[str, int] | None:
+        """The pool and slot index a session is pinned to (None if it is not open)."""
+        return self.session_table.slot_of(session_id)
+
+    async def report_dead(self, pool_name: str, index: int, gen: int) -> None:
+        """A caller saw this actor die: check it at once instead of at the next ping."""
+        await self.supervisor.report_dead(pool_name, index, gen)
+
+    # ------------------------------------------------------------ start-up
+    async def apply(self) -> Any:
+        """Start every pool; return once each actor is ready, pending for resources, or failed."""
+        for name, spec in self.config.pools.items():
+            pool = self.pools[name] = PoolState(name, spec)
+            for slot in pool.slots:
+                self.supervisor.launch(pool, slot)
+        self.loop_task = asyncio.create_task(self._loop())
+        recovered = self.jobs.recover()
+        if recovered:
+            log.info("re-queued %d unfinished job(s) from the store", recovered)
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while time.monotonic() < deadline:
+            if all(
+                p.state == "failed" or all(s.state in ("ready", "pending") for s in p.slots)
+                for p in self.pools.values()
+            ):
+                break
+            await asyncio.sleep(0.05)
+        failed = {p.name: p.reason for p in self.pools.values() if p.state == "failed"}
+        if failed:
+            message = "; ".join(f"pool {name!r}: {why}" for name, why in failed.items())
+            return Failure(InvalidConfig(message, pool=next(iter(failed)), detail=failed).to_dict())
+        return self.status()
+
+    async def _loop(self) -> None:
+        while not self.stopping:
+            for pool in list(self.pools.values()):
+                await _guarded(f"supervision of pool {pool.name}", self.supervisor.check(pool))
+            await _guarded("session reaping", self.session_table.reap())
+            try:
+                self.jobs.dispatch()
+                if time.monotonic() - self.expired_at > EXPIRE_EVERY_S:
+                    self.expired_at = time.monotonic()
+                    self.jobs.expire()
+            except Exception:
+                log.exception("job dispatch failed")
+            await asyncio.sleep(TICK_S)
+
+    # ------------------------------------------------------ actor reports
+    async def report_recycle(self, pool_name: str, index: int, gen: int, reason: str) -> None:
+        """An actor passed max_memory or max_calls: replace it after its current calls."""
+        await self.supervisor.recycle(pool_name, index, gen, reason)
+
+    def put_checkpoint(self, key: str, blob: bytes) -> None:
+        """Persist a checkpoint (called by actors before they answer)."""
+        self.store.put_checkpoint(key, blob)
+
+    # ------------------------------------------------------------- sessions
+    async def create_session(self, pool_name: str, ttl_s: float | None = None) -> Any:
+        """Open a session on the least-loaded actor with room; returns its record."""
+        return await self.session_table.create(pool_name, ttl_s)
+
+    async def close_session(self, session_id: str, reason: str = "closed by client") -> Any:
+        """Close a session and drop its state and checkpoint."""
+        return await self.session_table.close(session_id, reason)
+
+    def get_session(self, session_id: str) -> Any:
+        """One open session's record."""
+        return self.session_table.get(session_id)
+
+    def list_sessions(self, pool_name: str | None = None) -> list[dict[str, Any]]:
+        """Open sessions, optionally of one pool."""
+        return self.session_table.list(pool_name)
+
+    # ------------------------------------------------------------- routing
+    async def routing(self, known_version: int = -1, wait_s: float = 0.0) -> dict[str, Any] | None:
+        """The routing table, or None if it is still ``known_version`` after ``wait_s`` (long poll)."""
+        return await self.routing_table.wait(known_version, wait_s)
+
+    # ----------------------------------------------------------------- jobs
+    async def submit_job(
+        self, pool: str, op: str, args: dict[str, Any], session: str | None = None, max_retries: int | None = None
+    ) -> Any:
+        """Queue a job; returns its record (or a Failure for a bad pool, op or arguments)."""
+        return await self.jobs.submit(pool, op, args, session, max_retries)
+
+    def get_job(self, job_id: str) -> Any:
+        """One job's record."""
+        return self.jobs.get(job_id)
+
+    def list_jobs(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        return self.jobs.list(pool, status, limit)
+
+    async def job_events(self, job_id: str, after: int = 0, wait_s: float = 0.0) -> Any:
+        """Logged events after a sequence number (long poll)."""
+        return await self.jobs.events(job_id, after, wait_s)
+
+    async def cancel_job(self, job_id: str) -> Any:
+        """Cancel a job (a no-op answer for a finished one)."""
+        return await self.jobs.cancel(job_id)
+
+    async def job_checkpoint(self, job_id: str, blob: bytes, position: int) -> None:
+        """Called by the actor running a job: persist its resume point."""
+        await self.jobs.checkpoint(job_id, blob, position)
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """Every pool: state, actors, sessions, counters and recent events."""
+        out = {}
+        jobs = self.jobs.counts()
+        for pool in self.pools.values():
+            counts = self.session_table.counts(pool.name)
+            out[pool.name] = {
+                "name": pool.name,
+                "state": pool.state,
+                "reason": pool.reason,
+                "worker": pool.spec.worker,
+                "size": pool.spec.size.model_dump(),
+                "actors": [s.status(counts.get(s.index, 0)) for s in pool.slots],
+                "sessions": sum(counts.values()),
+                "ops": pool.ops,
+                **pool.counters,
+                "jobs": jobs.get(pool.name, {}),
+                "events": list(pool.events),
+            }
+        return out
+
+    # ------------------------------------------------------------- shutdown
+    async def shutdown(self, drain_s: float = DRAIN_S) -> dict[str, Any]:
+        """Stop taking calls, drain, checkpoint sessions, stop the actors."""
+        self.stopping = True
+        for pool in self.pools.values():
+            if pool.state != "failed":
+                pool.state, pool.reason = "stopped", "shut down"
+        await self.routing_table.bump()
+        summary = await self.supervisor.stop_all(drain_s)
+        running = [run.task for run in self.jobs.runs.values() if run.task is not None]
+        if running:  # let interrupted jobs record themselves as queued before the store closes
+            await asyncio.wait(running, timeout=5.0)
+        self.store.close()
+        return summary
+
+
+async def _guarded(what: str, step: Coroutine[Any, Any, Any]) -> None:
+    """Run one loop step; log its failure instead of letting it end the loop."""
+    try:
+        await step
+    except Exception:
+        log.exception("%s failed", what)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("coordinator task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def coordinator_class() -> Any:
+    """The Coordinator as a Ray actor class."""
+    return ray.remote(num_cpus=0, max_restarts=0)(Coordinator)

@@ -1,0 +1,1 @@
+"""What runs inside each pool actor: the WorkerHost (``host``), op execution (``execution``), the session turnstile."""
