@@ -12,19 +12,19 @@ def main() -> None:
     orch = orchestrator.start("pools.yaml")
     try:
         print("pools:", orch.pools())
-        print("call  :", orch.call("toolbox", "greet", name="world"))
+        print("call  :", orch.call("demo", "greet", name="world"))
 
-        with orch.session("toolbox") as session:  # pinned to one actor, state kept between calls
+        with orch.session("demo") as session:  # pinned to one actor, state kept between calls
             counts = [session.call("incr", by=2) for _ in range(3)]
             print("session counter:", counts)
 
-        stream = orch.stream("toolbox", "ticker", n=5, interval=0.1)
+        stream = orch.stream("demo", "ticker", n=5, interval=0.1)
         for event in stream:
             print("event :", event)
         print("result:", stream.result)
 
         try:
-            orch.call("toolbox", "add", a="not a number")
+            orch.call("demo", "add", a="not a number")
         except orchestrator.InvalidArguments as exc:
             print("error :", exc.code, exc.detail)
     finally:

@@ -14,24 +14,24 @@ from orchestrator import AsyncClient, Client, InvalidArguments
 def main() -> None:
     with Client.from_env() as client:
         print("pools :", [p["name"] for p in client.pools()])
-        print("call  :", client.call("toolbox", "greet", name="world"))
+        print("call  :", client.call("demo", "greet", name="world"))
 
-        with client.session("toolbox") as session:  # pinned to one actor; closed on exit
+        with client.session("demo") as session:  # pinned to one actor; closed on exit
             print("session counter:", [session.call("incr", by=2) for _ in range(3)])
 
-        with client.stream("toolbox", "ticker", n=5, interval=0.1) as stream:
+        with client.stream("demo", "ticker", n=5, interval=0.1) as stream:
             for event in stream:
                 print("event :", event)
         print("result:", stream.result)
 
         try:
-            client.call("toolbox", "add", a="not a number")
+            client.call("demo", "add", a="not a number")
         except InvalidArguments as exc:
             print("error :", exc.code, exc.detail)
 
     async def concurrently() -> list[int]:
         async with AsyncClient.from_env() as client:
-            return list(await asyncio.gather(*(client.call("toolbox", "add", a=i, b=i) for i in range(5))))
+            return list(await asyncio.gather(*(client.call("demo", "add", a=i, b=i) for i in range(5))))
 
     print("async :", asyncio.run(concurrently()))
 

@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
-from orchestrator.gateway import openai, routes
+from orchestrator.gateway.openai import chat, embeddings
 from orchestrator.gateway.guard import Guard, check_bind, error_response
+from orchestrator.gateway.routes import jobs, pools, sessions
 
 
 def create_app(
@@ -59,7 +60,7 @@ def create_app(
             on_shutdown()
             return {"status": "shutting down"}
 
-    for family in (routes.pools, routes.sessions, routes.jobs, openai.chat, openai.embeddings):
+    for family in (pools, sessions, jobs, chat, embeddings):
         app.include_router(family.router(orch))
     app.add_middleware(Guard, token=token, max_body=max_body)
     return app
