@@ -8,6 +8,18 @@ Args = dict[str, Any]
 
 # The coordinator's Ray actor name (in the orchestrator's namespace): how every plane finds it.
 COORDINATOR_NAME = "coordinator"
+
+
+def session_key(session_id: str) -> str:
+    """The store key of a session's checkpointed state (written by actors, read by the control plane)."""
+    return f"session:{session_id}"
+
+
+def job_key(job_id: str) -> str:
+    """The store key of a job's checkpoint."""
+    return f"job:{job_id}"
+
+
 # Error code of a host that is draining: the call never ran, and the router retries it elsewhere.
 RECYCLING = "_recycling"
 

@@ -34,7 +34,7 @@ from orchestrator.errors import (
     SessionNotFound,
     WorkerCrashed,
 )
-from orchestrator.types import Failure, Final
+from orchestrator.types import Failure, Final, job_key
 
 FINISHED = ("succeeded", "failed", "cancelled")
 CHECKPOINT_WAIT_S = 60.0
@@ -185,7 +185,7 @@ class JobRunner:
 
     async def _run(self, pool: PoolState, run: Run, job: dict[str, Any]) -> None:
         job_id = job["id"]
-        checkpoint = self.store.get_checkpoint(f"job:{job_id}")
+        checkpoint = self.store.get_checkpoint(job_key(job_id))
         resume, base = pickle.loads(checkpoint) if checkpoint is not None else (None, 0)
         resume_blob = pickle.dumps(resume) if checkpoint is not None else None
         logged = self.logged.setdefault(job_id, job["events"])
@@ -255,7 +255,7 @@ class JobRunner:
                 await asyncio.wait_for(
                     self.changed.wait_for(lambda: self.logged.get(job_id, 0) >= position), CHECKPOINT_WAIT_S
                 )
-        self.store.put_checkpoint(f"job:{job_id}", pickle.dumps((pickle.loads(blob), position)))
+        self.store.put_checkpoint(job_key(job_id), pickle.dumps((pickle.loads(blob), position)))
 
     # --------------------------------------------------------------- cancel
     async def cancel(self, job_id: str) -> Any:

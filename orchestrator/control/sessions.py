@@ -20,12 +20,7 @@ from orchestrator.control.pools import ActorSlot, PoolState, choose_session_slot
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.store import Store
 from orchestrator.errors import Overloaded, PoolNotFound, PoolUnavailable, SessionNotFound
-from orchestrator.types import Failure
-
-
-def checkpoint_key(session_id: str) -> str:
-    """The store key of a session's checkpointed state."""
-    return f"session:{session_id}"
+from orchestrator.types import Failure, session_key
 
 
 class SessionTable:
@@ -104,7 +99,7 @@ class SessionTable:
         with contextlib.suppress(RayActorError):
             await slot.handle.close_session.remote(session_id, reason)
         self.store.close_session(session_id, reason)
-        self.store.delete_checkpoint(checkpoint_key(session_id))
+        self.store.delete_checkpoint(session_key(session_id))
         await self.routing.bump()
         return None
 
@@ -125,7 +120,7 @@ class SessionTable:
     def save_states(self, states: dict[str, bytes]) -> None:
         """Checkpoint the session states an actor exported as it stopped (recycle, shutdown)."""
         for sid, blob in states.items():
-            self.store.put_checkpoint(checkpoint_key(sid), blob)
+            self.store.put_checkpoint(session_key(sid), blob)
 
     async def restore(self, pool: PoolState, slot: ActorSlot) -> None:
         """Give a slot's new actor the checkpointed state of each session pinned there (before it takes calls)."""
@@ -133,7 +128,7 @@ class SessionTable:
         lost: list[str] = []
         for sid, record in self.records.items():
             if record["pool"] == pool.name and record["slot"] == slot.index and record.get("gen", 0) < slot.gen:
-                blob = self.store.get_checkpoint(checkpoint_key(sid))
+                blob = self.store.get_checkpoint(session_key(sid))
                 if blob is None:
                     lost.append(sid)
                 else:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.types import job_key
+
 SCHEMA_VERSION = 2  # 2: jobs and job_events
 INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
 
@@ -205,7 +207,7 @@ class Store:
                 self.db.execute("DELETE FROM job_events WHERE job_id=?", (job_id,))
                 self.db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
         for job_id in ids:
-            self.delete_checkpoint(f"job:{job_id}")
+            self.delete_checkpoint(job_key(job_id))
         return len(ids)
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, op
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
 from orchestrator.runtime.execution import gpu_memory, run_op, run_stream, to_error
 from orchestrator.runtime.turnstile import SessionSlot, Turn
-from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request
+from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request, session_key
 
 ADMIN = "admin"
 
@@ -178,7 +178,6 @@ class WorkerHost:
         ``job`` (id, pickled resume point or None, events logged at that point) runs it as a job.
         """
         op, args, session, seq, caller, call_id = request
-        spec: OpSpec | None = None
         admitted = False
         try:
             self._admit(session, inline)
@@ -241,7 +240,7 @@ class WorkerHost:
         if state is not None:
             ctx.state = state
         if session is not None:
-            ctx._checkpoint = lambda obj: self._save_checkpoint(f"session:{session}", obj)
+            ctx._checkpoint = lambda obj: self._save_checkpoint(session_key(session), obj)
         ctx._orchestrator = self._in_cluster
         if call_id:
             self.running[call_id] = ctx
@@ -261,7 +260,7 @@ class WorkerHost:
 
     def _after_session_call(self, session: str | None) -> None:
         if session is not None and self.checkpoint_mode == "after_call":
-            self._save_checkpoint(f"session:{session}", self.sessions[session].state)
+            self._save_checkpoint(session_key(session), self.sessions[session].state)
 
     def _after_call(self, admitted: bool) -> None:
         if not admitted:
