@@ -10,28 +10,10 @@ Everything but the errors is imported on first use, so ``import orchestrator``
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from orchestrator.errors import (
-    DependencyMissing,
-    GpuOom,
-    InvalidArguments,
-    InvalidConfig,
-    JobCancelled,
-    JobNotFound,
-    OpFailed,
-    OpNotFound,
-    OrchestratorError,
-    Overloaded,
-    PayloadTooLarge,
-    PoolNotFound,
-    PoolUnavailable,
-    SessionLost,
-    SessionNotFound,
-    Timeout,
-    Unauthorized,
-    WorkerCrashed,
-)
+from orchestrator import errors
+from orchestrator.errors import *  # noqa: F403  (the error classes, eagerly: they need nothing)
 
 if TYPE_CHECKING:
     from orchestrator.client import AsyncClient, Client
@@ -59,7 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
@@ -77,31 +59,14 @@ __all__ = [
     "Client",
     "Config",
     "Context",
-    "DependencyMissing",
-    "GpuOom",
-    "InvalidArguments",
-    "InvalidConfig",
     "Job",
-    "JobCancelled",
-    "JobNotFound",
-    "OpFailed",
-    "OpNotFound",
     "Orchestrator",
-    "OrchestratorError",
-    "Overloaded",
-    "PayloadTooLarge",
-    "PoolNotFound",
-    "PoolUnavailable",
     "Session",
-    "SessionLost",
-    "SessionNotFound",
     "Stream",
-    "Timeout",
-    "Unauthorized",
     "Worker",
-    "WorkerCrashed",
     "connect",
     "load_config",
     "op",
     "start",
 ]
+__all__ += errors.__all__

@@ -28,6 +28,29 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+# What ``from orchestrator.errors import *`` gives (the public packages re-export these).
+__all__ = [
+    "ERROR_CLASSES",
+    "DependencyMissing",
+    "GpuOom",
+    "InvalidArguments",
+    "InvalidConfig",
+    "JobCancelled",
+    "JobNotFound",
+    "OpFailed",
+    "OpNotFound",
+    "OrchestratorError",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PoolNotFound",
+    "PoolUnavailable",
+    "SessionLost",
+    "SessionNotFound",
+    "Timeout",
+    "Unauthorized",
+    "WorkerCrashed",
+]
+
 
 class OrchestratorError(Exception):
     """Root of every error the orchestrator raises; ``code`` is stable API."""

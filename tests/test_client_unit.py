@@ -12,14 +12,10 @@ import httpx
 import pytest
 
 import orchestrator
-from orchestrator.client import (
-    EVENT_STREAM,
-    AsyncClient,
-    Client,
-    Steps,
-    backoff_delay,
-    decode_error,
-)
+import orchestrator.client
+from orchestrator.client import AsyncClient, Client
+from orchestrator.client.core import EVENT_STREAM, backoff_delay, decode_error
+from orchestrator.client.steps import Steps
 from orchestrator.errors import (
     ERROR_CLASSES,
     InvalidArguments,
@@ -31,7 +27,7 @@ from orchestrator.errors import (
     PoolUnavailable,
     Unauthorized,
 )
-from orchestrator.sse import ServerSentEvent, SSEDecoder
+from orchestrator.sse import ServerSentEvent, SSEDecoder, sse_message
 
 URL = "http://gw.test:8000"
 POOL = {
@@ -308,6 +304,15 @@ def test_package_exports_the_clients() -> None:
     assert orchestrator.Client is Client and orchestrator.AsyncClient is AsyncClient
 
 
+def test_sdk_exports_its_clients_handles_and_errors() -> None:
+    handles = {"Stream", "Session", "RetrievalSession", "Job"}
+    errors = {cls.__name__ for cls in ERROR_CLASSES.values()} | {"OrchestratorError"}
+    exported = set(orchestrator.client.__all__)
+    assert {"Client", "AsyncClient"} | handles | {f"Async{name}" for name in handles} | errors <= exported
+    assert all(getattr(orchestrator.client, name) is getattr(orchestrator, name) for name in errors)
+    assert orchestrator.client.Client is Client and orchestrator.client.AsyncClient is AsyncClient
+
+
 def test_arguments_that_are_not_json_are_invalid_before_sending() -> None:
     gateway = FakeGateway()
     with gateway.client(retries=0) as client, pytest.raises(InvalidArguments, match="JSON"):
@@ -535,6 +540,88 @@ def test_async_session_context_manager_closes_on_exit() -> None:
     assert run_async(body, gateway) == (5, [1], 2)
     assert gateway.paths()[-1] == "DELETE /v1/sessions/s1"
     assert gateway.paths("DELETE") == ["DELETE /v1/sessions/s1"]
+
+
+# ------------------------------------------ streams and job events (both clients)
+def event_body(messages: list[str], then: Exception | None, asynchronous: bool) -> Any:
+    """A streamed SSE body, one chunk per message, that raises ``then`` after the last (a dropped connection)."""
+
+    def chunks() -> Any:
+        yield from (message.encode() for message in messages)
+        if then is not None:
+            raise then
+
+    async def achunks() -> AsyncIterator[bytes]:
+        for chunk in chunks():
+            yield chunk
+
+    return httpx.Response(200, headers={"content-type": EVENT_STREAM}, content=achunks() if asynchronous else chunks())
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_stream_response_is_closed_when_left_early_or_read_to_its_result(asynchronous: bool) -> None:
+    gateway = FakeGateway()
+    messages = [sse_message(1, "event", 0), sse_message(2, "event", 1), sse_message(3, "result", {"result": 2})]
+    gateway.script("POST", "/v1/pools/toolbox/ops/ticker", *(event_body(messages, None, asynchronous) for _ in "ab"))
+
+    async def body(client: AsyncClient) -> list[Any]:
+        streams = [await client.stream("toolbox", "ticker"), await client.stream("toolbox", "ticker")]
+        async with streams[0] as early:
+            assert await anext(early) == 0 and not early.response.is_closed
+        assert [event async for event in streams[1]] == [0, 1]
+        return streams
+
+    if asynchronous:
+        streams = run_async(body, gateway)
+    else:
+        with gateway.client() as client:
+            streams = [client.stream("toolbox", "ticker"), client.stream("toolbox", "ticker")]
+            with streams[0] as early:
+                assert next(early) == 0 and not early.response.is_closed
+            assert list(streams[1]) == [0, 1]
+    assert [(s.done, s.result, s.response.is_closed) for s in streams] == [(True, None, True), (True, 2, True)]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_job_events_resume_after_the_last_seq_when_the_connection_drops(asynchronous: bool) -> None:
+    gateway = FakeGateway()
+    gateway.script("GET", "/v1/jobs/j1", httpx.Response(200, json={"id": "j1", "status": "running"}))
+    first = [sse_message(1, "event", {"i": 1}), ": keep-alive\n\n", sse_message(2, "event", {"i": 2})]
+    second = [sse_message(3, "event", {"i": 3}), sse_message(4, "end", {"status": "succeeded"})]
+    dropped = event_body(first, httpx.ReadError("connection reset"), asynchronous)
+    refused = httpx.ConnectError("the gateway is restarting")
+    gateway.script("GET", "/v1/jobs/j1/events", dropped, refused, event_body(second, None, asynchronous))
+
+    async def body(client: AsyncClient) -> list[tuple[int, Any]]:
+        return [event async for event in (await client.job("j1")).events()]
+
+    if asynchronous:
+        events = run_async(body, gateway)
+    else:
+        with gateway.client() as client:
+            events = list(client.job("j1").events())
+    assert events == [(1, {"i": 1}), (2, {"i": 2}), (3, {"i": 3})]
+    connections = [r for r in gateway.requests if r.url.path.endswith("/events")]
+    assert [r.headers["last-event-id"] for r in connections] == ["0", "2", "2"]
+    assert all(r.url.params["follow"] == "true" for r in connections)
+
+
+def test_job_events_give_up_when_reconnecting_gets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.client.events.RECONNECT_S", 0.0)
+    gateway = FakeGateway()
+    gateway.script("GET", "/v1/jobs/j1", httpx.Response(200, json={"id": "j1"}))
+    gateway.script("GET", "/v1/jobs/j1/events", httpx.ConnectError("refused"))
+    with gateway.client() as client, pytest.raises(OrchestratorError, match="could not reconnect"):
+        list(client.job("j1").events(after=5))
+    assert gateway.requests[-1].headers["last-event-id"] == "5"
+
+
+def test_job_events_error_answer_raises_its_class() -> None:
+    gateway = FakeGateway()
+    gateway.script("GET", "/v1/jobs/j1", httpx.Response(200, json={"id": "j1"}))
+    gateway.script("GET", "/v1/jobs/j1/events", httpx.Response(404, json=error_body("job_not_found")))
+    with gateway.client() as client, pytest.raises(orchestrator.JobNotFound):
+        next(client.job("j1").events())
 
 
 def test_what_the_gateway_writes_the_sdk_reads() -> None:

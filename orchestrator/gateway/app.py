@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
-from orchestrator.gateway.openai import chat, embeddings
 from orchestrator.gateway.guard import Guard, check_bind, error_response
+from orchestrator.gateway.openai import chat, embeddings
 from orchestrator.gateway.routes import jobs, pools, sessions
 
 
