@@ -33,8 +33,12 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
-import orchestrator
-from orchestrator.config import parse_config
+# Run as `python bench/<name>.py` from the repository root: the test kit (tests.kit) must import here too.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orchestrator  # noqa: E402
+from orchestrator.config import parse_config  # noqa: E402
 
 LATENCY_GOAL = 1.25  # orchestrator latency / raw latency must be <= this
 THROUGHPUT_GOAL = 0.8  # orchestrator rate / raw rate must be >= this

@@ -57,9 +57,13 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.table import Table
 
-import orchestrator
-from orchestrator.config import parse_config
-from orchestrator.dataplane.handles import Job
+# Run as `python bench/<name>.py` from the repository root: the test kit (tests.kit) must import here too.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orchestrator  # noqa: E402
+from orchestrator.config import parse_config  # noqa: E402
+from orchestrator.dataplane.handles import Job  # noqa: E402
 
 POOL = "bench"
 POLL_S = 0.01  # job.status() polling period while waiting for recovery
