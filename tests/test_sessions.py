@@ -77,6 +77,13 @@ def test_explicit_checkpoint_restores_what_was_saved(orch: orchestrator.Orchestr
     assert session.call("incr", by=0) == 5
 
 
+def test_session_busy_in_a_long_call_is_never_idle(orch: orchestrator.Orchestrator) -> None:
+    session = orch.session("idle")  # idle_timeout_s: 1, pinged every 0.5 s
+    assert session.call("append", item="slow", seconds=3.0) == ["slow"]  # three idle timeouts long
+    assert session.call("append", item="next") == ["slow", "next"]  # still open, state intact
+    session.close()
+
+
 def test_idle_timeout_closes_session(orch: orchestrator.Orchestrator) -> None:
     session = orch.session("idle")
     session.call("incr")

@@ -94,6 +94,7 @@ class WorkerHost:
     @ray.method(concurrency_group=ADMIN)
     def ping(self) -> dict[str, Any]:
         """Health and stats: memory, calls, in-flight ops, sessions and their last use."""
+        now = time.time()
         return {
             "pid": os.getpid(),
             "rss": self.process.memory_info().rss,
@@ -101,7 +102,8 @@ class WorkerHost:
             "calls": self.calls,
             "inflight": self.inflight,
             "recycling": self.recycling,
-            "sessions": {sid: s.last_used for sid, s in self.sessions.items()},
+            # A session in a call is in use now: the reaper must never close it as idle.
+            "sessions": {sid: now if s.busy else s.last_used for sid, s in self.sessions.items()},
             "progress": {cid: dict(ctx.last_progress) for cid, ctx in self.running.items() if ctx.last_progress},
         }
 

@@ -40,9 +40,16 @@ class Turn:
         with slot.cond:
             if self.seq is not None and slot.restored:
                 slot.next_seq.setdefault(self.caller, self.seq)
-            while slot.busy or (self.seq is not None and slot.next_seq.get(self.caller, 0) < self.seq):
-                if not slot.cond.wait(timeout=max(0.0, deadline - time.monotonic())) and not slot.busy:
-                    break  # an earlier call never arrived: don't wait on it forever
+            while True:
+                if slot.busy:  # the running call notifies when it ends: block until then, never spin
+                    slot.cond.wait()
+                elif self.seq is not None and slot.next_seq.get(self.caller, 0) < self.seq:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break  # an earlier call never arrived: don't wait on it forever
+                    slot.cond.wait(timeout=left)
+                else:
+                    break
             slot.busy = True
         return slot.state
 
