@@ -4,7 +4,7 @@ Each family of commands lives in its own module, and ``render`` holds how
 things print:
 
     server    up, gateway                                (the server install)
-    pools     status, call, sessions, down               (client: httpx and pydantic only)
+    pools     status, call, sessions, pools restart, down (client: httpx and pydantic only)
     jobs      jobs submit | watch | list | cancel | result  (client)
     models    models tiny
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from orchestrator.cli.jobs import cmd_jobs_cancel, cmd_jobs_list, cmd_jobs_result, cmd_jobs_submit, cmd_jobs_watch
 from orchestrator.cli.models import cmd_models_tiny
-from orchestrator.cli.pools import cmd_call, cmd_down, cmd_sessions, cmd_status
+from orchestrator.cli.pools import cmd_call, cmd_down, cmd_pools_restart, cmd_sessions, cmd_status
 from orchestrator.cli.render import say
 from orchestrator.cli.server import cmd_gateway, cmd_up
 from orchestrator.errors import OrchestratorError
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_op_arguments(add_command(sub, "call", cmd_call))
     sessions = add_command(sub, "sessions", cmd_sessions)
     sessions.add_argument("--pool", default=None)
+    pools = sub.add_parser("pools", help="Manage pools: restart a failed one.")
+    pools_sub = pools.add_subparsers(dest="pools_command", required=True)
+    add_command(pools_sub, "restart", cmd_pools_restart).add_argument("name", help="the pool's name")
 
     models = sub.add_parser("models", help="Build models that need no download.")
     kinds = models.add_subparsers(dest="kind", required=True)

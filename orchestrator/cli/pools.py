@@ -73,6 +73,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pools_restart(args: argparse.Namespace) -> int:
+    """Start a failed pool again (its sessions are restored from their checkpoints)."""
+    with open_client(args) as client:
+        answer = client.restart_pool(args.name)
+    say(f"pool {args.name}: {answer['message']}")
+    return 0 if answer["restarted"] else 1
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     """Ask the running server to drain, checkpoint sessions and stop (it exits when done)."""
     with open_client(args) as client:

@@ -323,6 +323,12 @@ class BaseClient(Generic[StreamT, SessionT, RetrievalT, JobT]):
         return list((yield from self._get("v1", "sessions", params={"pool": pool} if pool else None, key="sessions")))
 
     @operation
+    def restart_pool(self, name: str) -> Steps[dict[str, Any]]:
+        """Start a failed (or stopped) pool again; ``{"restarted": bool, "message": ...}``."""
+        request = self.build_request("POST", "v1", "pools", name, "restart")
+        return dict(response_field((yield from self._exchange(request, idempotent=False, pool=name))))
+
+    @operation
     def shutdown(self) -> Steps[dict[str, Any]]:
         """Ask the server (``orchestrator up``) to drain, checkpoint sessions and stop."""
         request = self.build_request("POST", "v1", "shutdown")

@@ -1,12 +1,32 @@
-"""What the Ray cluster holds: alive nodes' resources and the demands Ray could not place yet.
+"""The control plane's view of Ray: bounded awaits on actors, the named actors it may adopt, and
+alive nodes' resources and the demands Ray could not place yet.
 
-The supervisor asks these to tell "waiting for resources" (and which) from
+The supervisor asks the last two to tell "waiting for resources" (and which) from
 "building its env or running its constructor" for an actor that is not ready.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import ray
+
+ADMIN_TIMEOUT_S = 10.0  # an admin answer (open a session, restore, validate, export) takes longer only if stuck
+
+
+async def ask(ref: Any, timeout_s: float = ADMIN_TIMEOUT_S) -> Any:
+    """Await an actor call's answer for at most ``timeout_s`` (then TimeoutError): no await on an actor is unbounded."""
+    return await asyncio.wait_for(_awaited(ref), timeout_s)
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+def named_actors(namespace: str) -> list[str]:
+    """Names of the live named actors in a Ray namespace."""
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
 
 
 def nodes() -> list[dict[str, dict[str, float]]]:

@@ -10,11 +10,20 @@
 It is never on the call path. Its loop runs each part's step and catches and
 logs each step's failure: the loop never dies. A task it spawns that fails is
 logged, never lost silently.
+
+It survives its own death (Ray Serve's controller is the model): Ray restarts
+it without limit on the head node (where its store lives) and retries the
+calls that were in flight, so callers see a pause, not an error. Each start
+(``_boot``) rebuilds the state from the store (open sessions, unfinished jobs)
+and from the pool actors alive by name, which are detached: it adopts them,
+kills strays and launches what is missing. Only the desired state is stored;
+the live state is read back from the actors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -53,6 +62,9 @@ class Coordinator:
         self.session_table = SessionTable(self.pools, self.store, self.routing_table)
         self.supervisor = Supervisor(self.config, self.pools, self.routing_table, self.session_table, self.spawn)
         self.jobs = JobRunner(self, self.store, self.config.jobs)
+        for name, spec in self.config.pools.items():
+            self.pools[name] = PoolState(name, spec)
+        self.boot_task = asyncio.get_running_loop().create_task(self._boot())
 
     # ------------------------------------------------- what JobRunner may use
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -68,19 +80,39 @@ class Coordinator:
 
     async def report_dead(self, pool_name: str, index: int, gen: int) -> None:
         """A caller saw this actor die: check it at once instead of at the next ping."""
+        await self._booted()
         await self.supervisor.report_dead(pool_name, index, gen)
 
     # ------------------------------------------------------------ start-up
-    async def apply(self) -> Any:
-        """Start every pool; return once each actor is ready, pending for resources, or failed."""
-        for name, spec in self.config.pools.items():
-            pool = self.pools[name] = PoolState(name, spec)
+    async def _boot(self) -> None:
+        """Rebuild the state from the store and the live actors, then start supervising."""
+        found = await self.supervisor.find_actors()
+        sessions = self.session_table.load()
+        for pool in self.pools.values():
             for slot in pool.slots:
-                self.supervisor.launch(pool, slot)
-        self.loop_task = asyncio.create_task(self._loop())
+                actor = found.get((pool.name, slot.index))
+                if actor is not None:
+                    await _guarded(f"adopting {slot.name}", self.supervisor.adopt(pool, slot, *actor))
+                else:
+                    self.supervisor.first_gen(pool, slot)
+                    self.supervisor.launch(pool, slot)
         recovered = self.jobs.recover()
-        if recovered:
-            log.info("re-queued %d unfinished job(s) from the store", recovered)
+        if found or sessions or recovered:
+            log.info(
+                "recovered: %d live actor(s) adopted, %d open session(s), %d unfinished job(s)",
+                len(found),
+                sessions,
+                recovered,
+            )
+        self.loop_task = asyncio.create_task(self._loop())
+
+    async def apply(self) -> Any:
+        """Wait for start-up: return once each actor is ready, pending for resources, or failed."""
+        try:
+            await asyncio.shield(self.boot_task)
+        except Exception as exc:
+            log.exception("coordinator start-up failed")
+            return Failure(InvalidConfig(f"orchestrator start-up failed: {exc}").to_dict())
         deadline = time.monotonic() + self.config.start_timeout_s
         while time.monotonic() < deadline:
             if all(
@@ -93,7 +125,13 @@ class Coordinator:
         if failed:
             message = "; ".join(f"pool {name!r}: {why}" for name, why in failed.items())
             return Failure(InvalidConfig(message, pool=next(iter(failed)), detail=failed).to_dict())
-        return self.status()
+        return await self.status()
+
+    async def _booted(self) -> None:
+        """Wait until start-up has rebuilt the state: until then, answers would speak of an empty orchestrator."""
+        if not self.boot_task.done():
+            with contextlib.suppress(Exception):  # apply() reports a failed start-up
+                await asyncio.shield(self.boot_task)
 
     async def _loop(self) -> None:
         while not self.stopping:
@@ -112,32 +150,44 @@ class Coordinator:
     # ------------------------------------------------------ actor reports
     async def report_recycle(self, pool_name: str, index: int, gen: int, reason: str) -> None:
         """An actor passed max_memory or max_calls: replace it after its current calls."""
+        await self._booted()
         await self.supervisor.recycle(pool_name, index, gen, reason)
 
-    def put_checkpoint(self, key: str, blob: bytes) -> None:
-        """Persist a checkpoint (called by actors before they answer)."""
-        self.store.put_checkpoint(key, blob)
+    async def put_checkpoint(self, key: str, blob: bytes) -> None:
+        """Persist a checkpoint (called by actors before they answer); the write runs off the event loop."""
+        await self._booted()
+        await asyncio.to_thread(self.store.put_checkpoint, key, blob)
+
+    async def restart_pool(self, name: str) -> Any:
+        """Start a failed or stopped pool again."""
+        await self._booted()
+        return await self.supervisor.restart_pool(name)
 
     # ------------------------------------------------------------- sessions
     async def create_session(self, pool_name: str, ttl_s: float | None = None) -> Any:
         """Open a session on the least-loaded actor with room; returns its record."""
+        await self._booted()
         return await self.session_table.create(pool_name, ttl_s)
 
     async def close_session(self, session_id: str, reason: str = "closed by client") -> Any:
         """Close a session and drop its state and checkpoint."""
+        await self._booted()
         return await self.session_table.close(session_id, reason)
 
-    def get_session(self, session_id: str) -> Any:
+    async def get_session(self, session_id: str) -> Any:
         """One open session's record."""
+        await self._booted()
         return self.session_table.get(session_id)
 
-    def list_sessions(self, pool_name: str | None = None) -> list[dict[str, Any]]:
+    async def list_sessions(self, pool_name: str | None = None) -> list[dict[str, Any]]:
         """Open sessions, optionally of one pool."""
+        await self._booted()
         return self.session_table.list(pool_name)
 
     # ------------------------------------------------------------- routing
     async def routing(self, known_version: int = -1, wait_s: float = 0.0) -> dict[str, Any] | None:
         """The routing table, or None if it is still ``known_version`` after ``wait_s`` (long poll)."""
+        await self._booted()
         return await self.routing_table.wait(known_version, wait_s)
 
     # ----------------------------------------------------------------- jobs
@@ -145,6 +195,7 @@ class Coordinator:
         self, pool: str, op: str, args: dict[str, Any], session: str | None = None, max_retries: int | None = None
     ) -> Any:
         """Queue a job; returns its record (or a Failure for a bad pool, op or arguments)."""
+        await self._booted()
         return await self.jobs.submit(pool, op, args, session, max_retries)
 
     def get_job(self, job_id: str) -> Any:
@@ -157,19 +208,23 @@ class Coordinator:
 
     async def job_events(self, job_id: str, after: int = 0, wait_s: float = 0.0) -> Any:
         """Logged events after a sequence number (long poll)."""
+        await self._booted()
         return await self.jobs.events(job_id, after, wait_s)
 
     async def cancel_job(self, job_id: str) -> Any:
         """Cancel a job (a no-op answer for a finished one)."""
+        await self._booted()
         return await self.jobs.cancel(job_id)
 
-    async def job_checkpoint(self, job_id: str, blob: bytes, position: int) -> None:
-        """Called by the actor running a job: persist its resume point."""
-        await self.jobs.checkpoint(job_id, blob, position)
+    async def job_checkpoint(self, job_id: str, blob: bytes, position: int, call_id: str = "") -> Any:
+        """Called by the actor running a job: persist its resume point (a Failure if that run is stale)."""
+        await self._booted()
+        return await self.jobs.checkpoint(job_id, blob, position, call_id)
 
     # --------------------------------------------------------------- status
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """Every pool: state, actors, sessions, counters and recent events."""
+        await self._booted()
         out = {}
         jobs = self.jobs.counts()
         for pool in self.pools.values():
@@ -218,6 +273,10 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
         log.error("coordinator task %s failed", task.get_name(), exc_info=task.exception())
 
 
+HEAD_NODE = {"node:__internal_head__": 0.001}  # Ray's marker resource of the head node
+
+
 def coordinator_class() -> Any:
-    """The Coordinator as a Ray actor class."""
-    return ray.remote(num_cpus=0, max_restarts=0)(Coordinator)
+    """The Coordinator as a Ray actor class: restarted by Ray without limit, calls in flight retried,
+    pinned to the head node (its store is there). Start it detached and named (see ``launch.start``)."""
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, resources=HEAD_NODE)(Coordinator)

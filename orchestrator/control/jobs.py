@@ -6,6 +6,12 @@ readers only read the store. When the actor dies, the job is re-run (up to
 ``max_retries``) on a live actor with ``ctx.resume`` set to its last
 checkpoint. A checkpoint marks a position in the event stream, so events a
 re-run yields again up to what was already logged are dropped, not repeated.
+
+A restarted coordinator re-queues the unfinished jobs (``recover``) and re-runs
+them from their checkpoints the same way; the previous run's checkpoints are
+refused by call id. A queued job that can no longer run (its session is gone,
+its pool failed) fails with the reason instead of holding up the queue, and a
+job that lands on a recycling actor is re-queued. Store I/O runs off the loop.
 """
 
 from __future__ import annotations
@@ -24,17 +30,20 @@ import ray
 from ray.exceptions import RayActorError
 
 from orchestrator.config.schema import JobOptions
+from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState
 from orchestrator.control.store import Store
 from orchestrator.errors import (
+    JobCancelled,
     JobNotFound,
     OpNotFound,
+    OrchestratorError,
     PoolNotFound,
     PoolUnavailable,
     SessionNotFound,
     WorkerCrashed,
 )
-from orchestrator.types import Failure, Final, job_key
+from orchestrator.types import RECYCLING, Failure, Final, job_key
 
 FINISHED = ("succeeded", "failed", "cancelled")
 CHECKPOINT_WAIT_S = 60.0
@@ -56,6 +65,9 @@ class JobHost(Protocol):
 
     async def report_dead(self, pool_name: str, index: int, gen: int) -> None:
         """A job's actor died: have the supervisor check it now."""
+
+    async def report_recycle(self, pool_name: str, index: int, gen: int, reason: str) -> None:
+        """A job's actor said it is recycling: have the supervisor replace it."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background task whose failure is logged."""
@@ -82,7 +94,7 @@ class JobRunner:
         self.host = host
         self.store = store
         self.options = options
-        self.queues: dict[str, deque[str]] = {}
+        self.queues: dict[str, deque[tuple[str, str | None]]] = {}  # per pool: (job id, session) waiting to run
         self.runs: dict[str, Run] = {}
         self.logged: dict[str, int] = {}
         self.changed = asyncio.Condition()
@@ -108,7 +120,7 @@ class JobRunner:
             )
         ready = [s for s in pool.slots if s.state == "ready"]
         if ready:
-            problem = await ready[0].handle.validate.remote(op, args)
+            problem = await ask(ready[0].handle.validate.remote(op, args))
             if problem is not None:
                 return problem
         job_id = uuid.uuid4().hex
@@ -122,37 +134,51 @@ class JobRunner:
             "max_retries": self.options.max_retries if max_retries is None else max_retries,
             "created": time.time(),
         }
-        self.store.put_job(job)
+        await asyncio.to_thread(self.store.put_job, job)
         self.logged[job_id] = 0
-        self.queues.setdefault(pool_name, deque()).append(job_id)
+        self.queues.setdefault(pool_name, deque()).append((job_id, session))
         self.dispatch()
         return self.get(job_id)
 
     # -------------------------------------------------------------- running
     def dispatch(self) -> None:
-        """Start queued jobs on actors with a free slot (called on submit, finish and every tick)."""
+        """Start queued jobs on actors with a free slot (called on submit, finish and every tick).
+
+        A job waiting for its session's actor does not hold up the jobs behind it; a job whose session
+        is gone fails now, naming it."""
         for pool_name, queue in self.queues.items():
             pool = self.host.pools.get(pool_name)
             if pool is not None and pool.state == "failed":
-                self._fail_queued(pool, queue)
+                self._fail_queued(queue, PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool.name))
             if pool is None or pool.state != "running":
                 continue
+            waiting: deque[tuple[str, str | None]] = deque()
+            stateless_full = False
             while queue:
-                job = self.store.get_job(queue[0])
-                if job is None or job["status"] in FINISHED:
-                    queue.popleft()
+                job_id, session = entry = queue.popleft()
+                if session is not None and self.host.session_slot(session) is None:
+                    message = f"job {job_id}: its session {session} is no longer open (closed, expired or lost)"
+                    self._fail_queued(deque([entry]), SessionNotFound(message, pool=pool_name))
                     continue
-                slot = self._free_slot(pool, job["session"])
+                slot = None if session is None and stateless_full else self._free_slot(pool, session)
                 if slot is None:
-                    break
-                queue.popleft()
-                self._start(pool, slot, job)
+                    stateless_full = stateless_full or session is None
+                    waiting.append(entry)
+                    continue
+                job = self.store.get_job(job_id)
+                if job is not None and job["status"] not in FINISHED:
+                    self._start(pool, slot, job)
+            queue.extend(waiting)
 
-    def _fail_queued(self, pool: PoolState, queue: deque[str]) -> None:
-        """A failed pool will run nothing: its waiting jobs fail now instead of waiting forever."""
-        error = PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool.name).to_dict()
+    def _fail_queued(self, queue: deque[tuple[str, str | None]], error: OrchestratorError) -> None:
+        """Jobs that will never run fail now, with why, instead of waiting forever."""
         while queue:
-            self.store.update_job(queue.popleft(), status="failed", finished=time.time(), error=error)
+            job_id, _ = queue.popleft()
+            job = self.store.get_job(job_id)
+            if job is not None and job["status"] not in FINISHED:
+                self.store.update_job(job_id, status="failed", finished=time.time(), error=error.to_dict())
+                self.logged.pop(job_id, None)
+        self.host.spawn(self._notify())
 
     def _free_slot(self, pool: PoolState, session: str | None) -> ActorSlot | None:
         busy: dict[int, int] = {}
@@ -175,7 +201,7 @@ class JobRunner:
             if job["pool"] in self.host.pools:
                 self.store.update_job(job["id"], status="retrying" if job["attempts"] else "queued")
                 self.logged[job["id"]] = job["events"]
-                self.queues.setdefault(job["pool"], deque()).append(job["id"])
+                self.queues.setdefault(job["pool"], deque()).append((job["id"], job["session"]))
         return len(unfinished)
 
     def _start(self, pool: PoolState, slot: ActorSlot, job: dict[str, Any]) -> None:
@@ -185,12 +211,13 @@ class JobRunner:
 
     async def _run(self, pool: PoolState, run: Run, job: dict[str, Any]) -> None:
         job_id = job["id"]
-        checkpoint = self.store.get_checkpoint(job_key(job_id))
+        checkpoint = await asyncio.to_thread(self.store.get_checkpoint, job_key(job_id))
         resume, base = pickle.loads(checkpoint) if checkpoint is not None else (None, 0)
         resume_blob = pickle.dumps(resume) if checkpoint is not None else None
         logged = self.logged.setdefault(job_id, job["events"])
         attempts = job["attempts"] + 1
-        self.store.update_job(job_id, status="running", attempts=attempts, started=job["started"] or time.time())
+        started = job["started"] or time.time()
+        await asyncio.to_thread(self.store.update_job, job_id, status="running", attempts=attempts, started=started)
         request = (job["op"], job["args"], job["session"], None, "jobs", run.call_id)
         method = run.handle.stream.options(
             num_returns="streaming",
@@ -208,7 +235,7 @@ class JobRunner:
                 position += 1
                 if position <= logged:
                     continue  # re-yielded after a resume: already in the log
-                self.store.append_event(job_id, position, item)
+                await asyncio.to_thread(self.store.append_event, job_id, position, item)
                 logged = self.logged[job_id] = position
                 await self._notify()
         except RayActorError as exc:
@@ -222,40 +249,62 @@ class JobRunner:
     async def _finish(self, pool: PoolState, run: Run, job: dict[str, Any], attempts: int, outcome: Any) -> None:
         job_id = job["id"]
         now = time.time()
+        again = False  # queued to run again
         if self.host.stopping and not run.cancel and not isinstance(outcome, Final | Failure):
             # Shut down under it: left queued, it resumes from its checkpoint when an orchestrator
             # starts again on this state_dir (JobRunner.recover).
-            self.store.update_job(job_id, status="queued")
+            await asyncio.to_thread(self.store.update_job, job_id, status="queued")
             await self._notify()
             return
-        if run.cancel:
-            self.store.update_job(job_id, status="cancelled", finished=now)
+        if isinstance(outcome, Failure) and outcome.code == RECYCLING and not run.cancel:
+            # It landed on an actor that is draining: it never started. Run it again on the replacement.
+            fields: dict[str, Any] = {"status": "queued", "attempts": attempts - 1}
+            again = True
+            await self.host.report_recycle(pool.name, run.slot, run.gen, str(outcome.error.get("message")))
+        elif run.cancel:
+            fields = {"status": "cancelled", "finished": now}
         elif isinstance(outcome, Final):
-            self.store.update_job(job_id, status="succeeded", finished=now, result=outcome.value)
+            fields = {"status": "succeeded", "finished": now, "result": outcome.value}
         elif isinstance(outcome, Failure):
-            self.store.update_job(job_id, status="failed", finished=now, error=outcome.error)
+            fields = {"status": "failed", "finished": now, "error": outcome.error}
         elif isinstance(outcome, RayActorError) and attempts <= job["max_retries"]:
-            self.store.update_job(job_id, status="retrying")
+            fields, again = {"status": "retrying"}, True
             pool.event("job_retry", None, f"job {job_id}: actor died; re-run {attempts}/{job['max_retries']}")
-            self.queues.setdefault(pool.name, deque()).appendleft(job_id)
             await self.host.report_dead(pool.name, run.slot, run.gen)
         else:
             why = f"the actor died (after {attempts} attempt(s))" if outcome is not None else "the stream ended early"
             error = WorkerCrashed(f"job {job_id}: {why}", pool=pool.name, op=job["op"])
-            self.store.update_job(job_id, status="failed", finished=now, error=error.to_dict())
-        if self.store.get_job(job_id)["status"] in FINISHED:  # type: ignore[index]
+            fields = {"status": "failed", "finished": now, "error": error.to_dict()}
+        await asyncio.to_thread(self.store.update_job, job_id, **fields)
+        if again:
+            self.queues.setdefault(pool.name, deque()).appendleft((job_id, job["session"]))
+        elif fields["status"] in FINISHED:
             self.logged.pop(job_id, None)  # readers see it finished from the store
         await self._notify()
         self.dispatch()
 
-    async def checkpoint(self, job_id: str, blob: bytes, position: int) -> None:
-        """Store a job checkpoint once every event yielded before it is logged (so none is skipped later)."""
+    async def checkpoint(self, job_id: str, blob: bytes, position: int, call_id: str = "") -> Any:
+        """Store a job checkpoint once every event yielded before it is logged (so none is skipped later).
+
+        Only the job's current run may checkpoint: a run a restarted coordinator has replaced gets a
+        Failure (and stops), so it can never overwrite the resume point of the run that replaced it."""
+        if not self._current(job_id, call_id):
+            message = f"job {job_id}: this run was replaced (the coordinator restarted and re-ran the job)"
+            return Failure(JobCancelled(message).to_dict())
         async with self.changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.changed.wait_for(lambda: self.logged.get(job_id, 0) >= position), CHECKPOINT_WAIT_S
                 )
-        self.store.put_checkpoint(job_key(job_id), pickle.dumps((pickle.loads(blob), position)))
+        if not self._current(job_id, call_id):
+            return Failure(JobCancelled(f"job {job_id}: this run ended before its checkpoint was stored").to_dict())
+        blob = pickle.dumps((pickle.loads(blob), position))
+        await asyncio.to_thread(self.store.put_checkpoint, job_key(job_id), blob)
+        return None
+
+    def _current(self, job_id: str, call_id: str) -> bool:
+        run = self.runs.get(job_id)
+        return run is not None and (not call_id or run.call_id == call_id)
 
     # --------------------------------------------------------------- cancel
     async def cancel(self, job_id: str) -> Any:

@@ -14,6 +14,7 @@ from orchestrator.contract import load_worker_class
 from orchestrator.control.coordinator import coordinator_class
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.dataplane.router import unwrap
+from orchestrator.errors import InvalidConfig
 from orchestrator.types import COORDINATOR_NAME, Failure
 
 
@@ -47,11 +48,19 @@ def start(
             if cfg.ray.num_gpus is not None:
                 kwargs["num_gpus"] = cfg.ray.num_gpus
         ray.init(**{**kwargs, **ray_init})
-    coordinator = (
-        coordinator_class()
-        .options(name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached")
-        .remote(cfg.model_dump())
-    )
+    try:
+        coordinator = (
+            coordinator_class()
+            .options(name=COORDINATOR_NAME, namespace=cfg.ray.namespace, lifetime="detached")
+            .remote(cfg.model_dump())
+        )
+    except ValueError:  # the name is taken
+        if owns_ray:
+            ray.shutdown()
+        raise InvalidConfig(
+            f"an orchestrator is already running in Ray namespace {cfg.ray.namespace!r}: "
+            "connect() to it, or stop it first (orchestrator down)"
+        ) from None
     applying = coordinator.apply.remote()
     while on_progress is not None and not ray.wait([applying], timeout=0.5)[0]:
         on_progress(ray.get(coordinator.status.remote()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +22,8 @@ class RoutingTable:
     def __init__(self, pools: Mapping[str, PoolState], owned_slots: Callable[[str], set[int]]) -> None:
         self.pools = pools
         self.owned_slots = owned_slots  # slots holding a session (exclusive pools keep them off stateless calls)
-        self.version = 0
+        # Starts from the clock, so a restarted coordinator's versions are newer than any a router holds.
+        self.version = int(time.time() * 1000)
         self.changed = asyncio.Condition()
 
     async def bump(self) -> None:

@@ -3,12 +3,17 @@
 A session is pinned to one actor slot. Its record lives here (and in the
 store); its state lives on the actor, checkpointed to the store. When the
 slot's actor is replaced, the new one is given the checkpointed states before
-it takes calls; a session with no checkpoint answers ``session_lost``.
+it takes calls; a session with no checkpoint (or one that cannot be loaded,
+which is quarantined) answers ``session_lost``. A restarted coordinator
+reloads the open sessions from the store (``load``) and gives each back to its
+slot's actor: an adopted actor still holds them; a new one restores them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -16,11 +21,15 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
+from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, choose_session_slot
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.store import Store
-from orchestrator.errors import Overloaded, PoolNotFound, PoolUnavailable, SessionNotFound
+from orchestrator.errors import Overloaded, PoolNotFound, PoolUnavailable, SessionLost, SessionNotFound
 from orchestrator.types import Failure, session_key
+
+log = logging.getLogger("orchestrator.sessions")
+LOST = "lost: "  # how the store's close reason marks a session that had nothing to restore it from
 
 
 class SessionTable:
@@ -37,8 +46,15 @@ class SessionTable:
         """One open session's record, or a session_not_found Failure."""
         record = self.records.get(session_id)
         if record is None:
-            return Failure(SessionNotFound(f"no open session {session_id}").to_dict())
+            return Failure(self._gone(session_id).to_dict())
         return dict(record)
+
+    def _gone(self, session_id: str) -> SessionLost | SessionNotFound:
+        reason = self.store.session_closed(session_id)
+        if reason is not None and reason.startswith(LOST):
+            return SessionLost(f"session {session_id} was {reason}")
+        why = f" (closed: {reason})" if reason else ""
+        return SessionNotFound(f"no open session {session_id}{why}")
 
     def list(self, pool_name: str | None = None) -> list[dict[str, Any]]:
         """Open sessions, optionally of one pool."""
@@ -84,9 +100,9 @@ class SessionTable:
             "last_used": now,
             "ttl_s": ttl_s if ttl_s is not None else pool.spec.sessions.ttl_s,
         }
-        await slot.handle.open_session.remote(record["id"])
+        await ask(slot.handle.open_session.remote(record["id"]))
+        await asyncio.to_thread(self.store.put_session, record)
         self.records[record["id"]] = record
-        self.store.put_session(record)
         await self.routing.bump()
         return {k: record[k] for k in ("id", "pool", "slot", "created", "ttl_s")}
 
@@ -94,12 +110,12 @@ class SessionTable:
         """Close a session and drop its state and checkpoint."""
         record = self.records.pop(session_id, None)
         if record is None:
-            return Failure(SessionNotFound(f"no open session {session_id}").to_dict())
+            return Failure(self._gone(session_id).to_dict())
         slot = self.pools[record["pool"]].slots[record["slot"]]
-        with contextlib.suppress(RayActorError):
-            await slot.handle.close_session.remote(session_id, reason)
-        self.store.close_session(session_id, reason)
-        self.store.delete_checkpoint(session_key(session_id))
+        if slot.handle is not None:
+            with contextlib.suppress(RayActorError, TimeoutError):
+                await ask(slot.handle.close_session.remote(session_id, reason))
+        await asyncio.to_thread(self._forget, session_id, reason)
         await self.routing.bump()
         return None
 
@@ -116,24 +132,62 @@ class SessionTable:
             elif record["ttl_s"] is not None and now - record["created"] > record["ttl_s"]:
                 await self.close(sid, f"ttl of {record['ttl_s']:g}s reached")
 
+    def _forget(self, session_id: str, reason: str) -> None:
+        self.store.close_session(session_id, reason)
+        self.store.delete_checkpoint(session_key(session_id))
+
     # ------------------------------------------------------ checkpoints, restore
-    def save_states(self, states: dict[str, bytes]) -> None:
+    def load(self) -> int:
+        """Reload the open sessions a previous coordinator left in the store; each is given back to its
+        slot's actor when that actor is adopted or started (``restore``)."""
+        now = time.time()
+        for row in self.store.open_sessions():
+            pool = self.pools.get(row["pool"])
+            if pool is None or not pool.slots:
+                self._forget(row["id"], f"{LOST}its pool {row['pool']!r} is no longer configured")
+                continue
+            if row["slot"] >= len(pool.slots):  # the pool shrank: the session moves to a slot that exists
+                row["slot"] %= len(pool.slots)
+                self.store.put_session(row)
+            self.records[row["id"]] = {**row, "gen": -1, "last_used": now}
+        return len(self.records)
+
+    async def save_states(self, states: dict[str, bytes]) -> None:
         """Checkpoint the session states an actor exported as it stopped (recycle, shutdown)."""
         for sid, blob in states.items():
-            self.store.put_checkpoint(session_key(sid), blob)
+            await asyncio.to_thread(self.store.put_checkpoint, session_key(sid), blob)
 
-    async def restore(self, pool: PoolState, slot: ActorSlot) -> None:
-        """Give a slot's new actor the checkpointed state of each session pinned there (before it takes calls)."""
+    async def restore(self, pool: PoolState, slot: ActorSlot, held: frozenset[str] = frozenset()) -> None:
+        """Give a slot's actor the checkpointed state of each session pinned there that it does not hold
+        (``held``: what an adopted actor still has), before it takes calls. A session with no checkpoint,
+        or one the actor cannot load (quarantined), is lost: its record is closed saying so."""
         states: dict[str, bytes] = {}
         lost: list[str] = []
-        for sid, record in self.records.items():
-            if record["pool"] == pool.name and record["slot"] == slot.index and record.get("gen", 0) < slot.gen:
-                blob = self.store.get_checkpoint(session_key(sid))
-                if blob is None:
-                    lost.append(sid)
-                else:
-                    states[sid] = blob
-                record["gen"] = slot.gen
-        if states or lost:
-            await slot.handle.restore_sessions.remote(states, lost)
-            pool.event("sessions_restored", slot.name, f"{len(states)} restored, {len(lost)} lost")
+        for sid, record in list(self.records.items()):
+            if record["pool"] != pool.name or record["slot"] != slot.index or record["gen"] >= slot.gen:
+                continue
+            record["gen"] = slot.gen
+            if sid in held:
+                continue
+            blob = await asyncio.to_thread(self.store.get_checkpoint, session_key(sid))
+            if blob is None:
+                lost.append(sid)
+            else:
+                states[sid] = blob
+        if not states and not lost:
+            return
+        bad: dict[str, str] = await ask(slot.handle.restore_sessions.remote(states, lost))
+        for sid, why in bad.items():
+            log.error("pool %s, actor %s: checkpoint of session %s unreadable (%s)", pool.name, slot.name, sid, why)
+            await asyncio.to_thread(self.store.quarantine_checkpoint, session_key(sid))
+            pool.event("checkpoint_quarantined", slot.name, f"session {sid}: {why}")
+        for sid in lost:
+            await self._lose(sid, f"{LOST}its actor {slot.name} was replaced and it had no checkpoint")
+        for sid, why in bad.items():
+            await self._lose(sid, f"{LOST}its checkpoint could not be loaded ({why}); quarantined")
+        restored = len(states) - len(bad)
+        pool.event("sessions_restored", slot.name, f"{restored} restored, {len(lost) + len(bad)} lost")
+
+    async def _lose(self, session_id: str, reason: str) -> None:
+        self.records.pop(session_id, None)
+        await asyncio.to_thread(self.store.close_session, session_id, reason)

@@ -1,15 +1,22 @@
 """The durable store: SQLite (WAL) in ``state_dir``.
 
 One small interface over one file: session records, checkpoints, jobs and
-their event logs. Large
-checkpoints go to files under ``state_dir/checkpoints`` with only their path in
-the database. The schema carries a version and is created on first use.
+their event logs. Large checkpoints go to files under ``state_dir/checkpoints``
+with only their path in the database. The schema carries a version and is
+created on first use.
+
+Durability: every commit is fsynced (WAL with ``synchronous=FULL``), and a
+checkpoint file is written to a temporary name, fsynced, renamed and its
+folder fsynced. So what a call reported as stored survives a crash of the
+process and of the machine. The store is thread-safe (one lock): the
+coordinator runs its writes on a worker thread, off its event loop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import sqlite3
 import threading
@@ -53,7 +60,7 @@ class Store:
         self.lock = threading.Lock()
         self.db = sqlite3.connect(self.dir / "orchestrator.db", check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
@@ -70,9 +77,7 @@ class Store:
             folder = self.dir / "checkpoints"
             folder.mkdir(exist_ok=True)
             file = folder / hashlib.sha256(key.encode()).hexdigest()
-            tmp = file.with_suffix(".tmp")
-            tmp.write_bytes(blob)
-            tmp.replace(file)  # atomic: a crash never leaves half a checkpoint
+            _write_durably(file, blob)  # a crash never leaves half a checkpoint
             path, blob = str(file), b""
         with self.lock:
             self.db.execute(
@@ -95,6 +100,26 @@ class Store:
             self.db.execute("DELETE FROM checkpoints WHERE key=?", (key,))
         if row and row[0]:
             Path(row[0]).unlink(missing_ok=True)
+
+    def quarantine_checkpoint(self, key: str) -> None:
+        """Move a checkpoint that cannot be loaded aside (kept for inspection under ``quarantine:<key>``)."""
+        with self.lock:
+            self.db.execute("DELETE FROM checkpoints WHERE key=?", (f"quarantine:{key}",))
+            self.db.execute("UPDATE checkpoints SET key=? WHERE key=?", (f"quarantine:{key}", key))
+
+    def open_sessions(self) -> list[dict[str, Any]]:
+        """The sessions not closed (what a restarted coordinator reloads)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT id, pool, slot, created, ttl_s FROM sessions WHERE closed IS NULL ORDER BY created"
+            ).fetchall()
+        return [dict(zip(("id", "pool", "slot", "created", "ttl_s"), row, strict=True)) for row in rows]
+
+    def session_closed(self, session_id: str) -> str | None:
+        """Why a session was closed, or None if it is open or unknown."""
+        with self.lock:
+            row = self.db.execute("SELECT close_reason FROM sessions WHERE id=?", (session_id,)).fetchone()
+        return row[0] if row else None
 
     def put_session(self, record: dict[str, Any]) -> None:
         """Record an open session."""
@@ -214,6 +239,21 @@ class Store:
         """Close the database."""
         with self.lock:
             self.db.close()
+
+
+def _write_durably(file: Path, blob: bytes) -> None:
+    """Write to a temporary name, fsync, rename over ``file``, fsync the folder."""
+    tmp = file.with_suffix(".tmp")
+    with open(tmp, "wb") as out:
+        out.write(blob)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(file)
+    folder = os.open(file.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 _JOB_COLUMNS = (

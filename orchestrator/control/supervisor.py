@@ -4,11 +4,19 @@ A dead or hung actor is replaced in its slot (a new generation) unless the
 pool's restart intensity is exceeded, which fails the pool. An actor that
 reports itself past ``max_memory`` or ``max_calls`` is drained, its sessions
 exported, and replaced. Every state change bumps the routing table.
+
+Pool actors are named and detached: they outlive the coordinator. A restarted
+coordinator ``adopt``s the ones it finds alive by name (same pool, slot and
+spec), kills strays, and launches the rest. Every await on an actor is
+bounded, and a failure in any step is logged with the pool and actor and
+ends in a restart of that actor, never in a slot left "starting".
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -20,12 +28,15 @@ from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
 from orchestrator.config.envs import runtime_env
 from orchestrator.config.schema import Config
 from orchestrator.control import cluster
+from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, demanded, pending_reason
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.sessions import SessionTable
-from orchestrator.errors import first_line
-from orchestrator.runtime.host import actor_class
-from orchestrator.types import COORDINATOR_NAME
+from orchestrator.errors import PoolNotFound, first_line
+from orchestrator.runtime.host import actor_class, spec_hash
+from orchestrator.types import COORDINATOR_NAME, Failure
+
+log = logging.getLogger("orchestrator.supervisor")
 
 PENDING_AFTER_S = 1.0  # an actor not ready after this long gets a reason (resources, env build)
 DRAIN_S = 30.0
@@ -49,6 +60,7 @@ class Supervisor:
         self.routing = routing
         self.sessions = sessions
         self.spawn = spawn
+        self.next_gen: dict[tuple[str, int], int] = {}  # after a stray is killed, its slot's next generation
 
     # ---------------------------------------------------------------- launch
     def launch(self, pool: PoolState, slot: ActorSlot) -> None:
@@ -61,7 +73,8 @@ class Supervisor:
             "num_cpus": spec.resources.num_cpus,
             "num_gpus": spec.resources.num_gpus,
             "max_concurrency": spec.limits.concurrency,
-            "max_restarts": 0,
+            "max_restarts": 0,  # the supervisor restarts it (with its sessions), not Ray
+            "lifetime": "detached",  # it outlives the coordinator, which adopts it after a restart
             "runtime_env": runtime_env(spec, env_dir),
         }
         if spec.resources.memory:
@@ -89,7 +102,7 @@ class Supervisor:
 
     async def _await_ready(self, pool: PoolState, slot: ActorSlot, gen: int) -> None:
         try:
-            info = await slot.handle.ready.remote()
+            info = await self._ready_answer(slot, gen)
         except RuntimeEnvSetupError as exc:
             await self.fail_pool(pool, f"env build failed for {self.config.env_dir(pool.name)}: {exc}")
             return
@@ -97,19 +110,121 @@ class Supervisor:
             if slot.gen == gen and slot.state != "stopped":
                 await self._on_death(pool, slot, gen, f"died while starting: {exc}")
             return
-        if slot.gen != gen or slot.state in ("stopped", "dead"):
+        except TimeoutError:
+            await self._replace(pool, slot, gen, f"not ready within start_timeout_s ({self.config.start_timeout_s:g}s)")
+            return
+        if info is None or slot.gen != gen or slot.state in ("stopped", "dead"):
             return
         if info["error"] is not None:
             await self.fail_pool(pool, info["error"]["message"])
             return
+        await self._take(pool, slot, gen, info, frozenset(), "ready")
+
+    async def _ready_answer(self, slot: ActorSlot, gen: int) -> dict[str, Any] | None:
+        """The actor's ready() answer; time spent pending for resources does not count against start_timeout_s."""
+        ref = slot.handle.ready.remote()
+        starting = 0.0
+        while True:
+            try:
+                return dict(await ask(ref, 1.0))
+            except TimeoutError:
+                if slot.gen != gen or slot.state in ("stopped", "dead"):
+                    return None
+                if slot.state != "pending":
+                    starting += 1.0
+                    if starting >= self.config.start_timeout_s:
+                        raise
+
+    async def _take(
+        self, pool: PoolState, slot: ActorSlot, gen: int, info: dict[str, Any], held: frozenset[str], event: str
+    ) -> None:
+        """Make a slot's live actor ready: give it its sessions, then route to it."""
         slot.pid, slot.node_id, slot.actor_id = info["pid"], info["node_id"], info["actor_id"]
         pool.ops = info["ops"]
-        await self.sessions.restore(pool, slot)
+        try:
+            await self.sessions.restore(pool, slot, held)
+        except Exception as exc:  # a stuck or dead actor: replace it (the sessions stay for the next one)
+            log.exception("pool %s, actor %s: giving the actor its sessions failed", pool.name, slot.name)
+            await self._replace(pool, slot, gen, f"restoring sessions failed: {first_line(exc)}")
+            return
+        if slot.gen != gen or slot.state in ("stopped", "dead"):
+            return
         slot.state, slot.reason, slot.since, slot.last_ping = "ready", None, time.time(), time.monotonic()
         if pool.state == "starting":
             pool.state = "running"
-        pool.event("ready", slot.name)
+        pool.event(event, slot.name)
         await self.routing.bump()
+
+    async def _replace(self, pool: PoolState, slot: ActorSlot, gen: int, reason: str) -> None:
+        """Kill a slot's actor that misbehaves and restart it (within the restart intensity)."""
+        if slot.gen != gen:
+            return
+        log.error("pool %s, actor %s: %s", pool.name, slot.name, reason)
+        ray.kill(slot.handle, no_restart=True)
+        await self._on_death(pool, slot, gen, reason)
+
+    # -------------------------------------------------------------- adoption
+    async def find_actors(self) -> dict[tuple[str, int], tuple[Any, dict[str, Any]]]:
+        """After a coordinator restart: the live pool actors to adopt, by (pool, slot). Strays (a pool or
+        slot no longer configured, a changed spec, a duplicate, no answer) are killed."""
+        namespace = self.config.ray.namespace
+        names = await asyncio.to_thread(cluster.named_actors, namespace)
+        ours = re.compile(rf"^({'|'.join(map(re.escape, self.pools)) or '$^'})-(\d+)(?:\.\d+)?$")
+        found: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
+        for name in names:
+            if name == COORDINATOR_NAME or not ours.match(name):
+                continue
+            try:
+                handle = ray.get_actor(name, namespace=namespace)
+                info = dict(await ask(handle.ready.remote(), 5.0))
+            except (ValueError, RayActorError):
+                continue  # gone already
+            except (TimeoutError, AttributeError) as exc:
+                log.warning("killing actor %s: it does not answer as a pool actor (%s)", name, type(exc).__name__)
+                ray.kill(handle, no_restart=True)
+                continue
+            key = (info["pool"], info["slot"])
+            pool = self.pools.get(info["pool"])
+            keep = (
+                pool is not None
+                and info["slot"] < len(pool.slots)
+                and info["error"] is None
+                and info["spec_hash"] == spec_hash(pool.spec.model_dump())
+            )
+            if keep and key in found and found[key][1]["gen"] > info["gen"]:
+                keep = False  # a newer actor holds the slot
+            if keep and key in found:
+                self._kill_stray(found.pop(key), "an older duplicate of its slot")
+            if keep:
+                found[key] = (handle, info)
+            else:
+                self._kill_stray((handle, info), "its pool, slot or spec is not the configured one")
+        return found
+
+    def _kill_stray(self, actor: tuple[Any, dict[str, Any]], why: str) -> None:
+        handle, info = actor
+        log.warning("killing stray actor of pool %s slot %s: %s", info["pool"], info["slot"], why)
+        key = (info["pool"], info["slot"])
+        self.next_gen[key] = max(self.next_gen.get(key, 0), info["gen"] + 1)
+        ray.kill(handle, no_restart=True)
+
+    async def adopt(self, pool: PoolState, slot: ActorSlot, handle: Any, info: dict[str, Any]) -> None:
+        """Take over a live actor a previous coordinator started: its generation, sessions and ops.
+
+        Job calls it was running for the previous coordinator are cancelled: the jobs are re-run from
+        their checkpoints, and their events are logged exactly once.
+        """
+        slot.gen, slot.handle = info["gen"], handle
+        slot.state, slot.since = "starting", time.time()
+        for call_id in info["jobs"]:
+            handle.cancel.remote(call_id)
+        await self._take(pool, slot, slot.gen, info, frozenset(info["sessions"]), "adopted")
+        if info["recycling"] and slot.state == "ready":  # it was being recycled: finish the job
+            self.spawn(self.recycle(pool.name, slot.index, slot.gen, info["recycling"]))
+
+    def first_gen(self, pool: PoolState, slot: ActorSlot) -> None:
+        """Start a slot past any generation a stray of it had (its reports must not be taken for the new one's)."""
+        slot.gen = self.next_gen.get((pool.name, slot.index), 0)
 
     # ------------------------------------------------------------- watching
     async def check(self, pool: PoolState) -> None:
@@ -123,9 +238,13 @@ class Supervisor:
         if waiting:
             request = pool.resource_request()
             # Only an unplaced demand of our shape means "waiting for resources"; otherwise Ray has
-            # placed the actor and it is building its env or running its constructor.
-            reason = pending_reason(request, cluster.nodes()) if demanded(request, cluster.pending_demands()) else None
+            # placed the actor and it is building its env or running its constructor. (GCS calls: off the loop.)
+            demands = await asyncio.to_thread(cluster.pending_demands)
+            nodes = await asyncio.to_thread(cluster.nodes) if demanded(request, demands) else None
+            reason = pending_reason(request, nodes) if nodes is not None else None
             for slot in waiting:
+                if slot.state not in ("starting", "pending"):
+                    continue  # it became ready (or died) while the cluster was asked
                 slot.state, slot.reason = (
                     ("pending", reason) if reason else ("starting", "building env or initializing")
                 )
@@ -136,7 +255,7 @@ class Supervisor:
 
     async def _ping(self, pool: PoolState, slot: ActorSlot, gen: int) -> None:
         try:
-            slot.stats = await asyncio.wait_for(_awaited(slot.handle.ping.remote()), pool.spec.health.timeout_s)
+            slot.stats = await ask(slot.handle.ping.remote(), pool.spec.health.timeout_s)
         except (TimeoutError, GetTimeoutError):
             if slot.gen == gen and slot.state == "ready":
                 pool.counters["hung"] += 1
@@ -187,6 +306,25 @@ class Supervisor:
             slot.state = "stopped"
         await self.routing.bump()
 
+    async def restart_pool(self, name: str) -> Any:
+        """Start a failed or stopped pool again (a fresh restart intensity); its sessions are restored."""
+        pool = self.pools.get(name)
+        if pool is None:
+            known = ", ".join(sorted(self.pools))
+            return Failure(PoolNotFound(f"no pool {name!r} (pools: {known})", pool=name).to_dict())
+        if pool.state not in ("failed", "stopped"):
+            message = f"pool is {pool.state}: only a failed or stopped pool is restarted"
+            return {"pool": name, "restarted": False, "message": message}
+        previous = pool.reason
+        pool.state, pool.reason = "starting", None
+        pool.intensity.times.clear()
+        pool.event("restart", None, f"restarted by request (was: {previous})")
+        for slot in pool.slots:
+            slot.gen += 1
+            self.launch(pool, slot)
+        await self.routing.bump()
+        return {"pool": name, "restarted": True, "message": f"restarting {len(pool.slots)} actor(s)"}
+
     async def recycle(self, pool_name: str, index: int, gen: int, reason: str) -> None:
         """An actor passed max_memory or max_calls: replace it after its current calls."""
         pool = self.pools[pool_name]
@@ -198,7 +336,7 @@ class Supervisor:
         pool.event("recycle", slot.name, reason)
         pool.counters["recycles"] += 1
         await self.routing.bump()
-        self.sessions.save_states(await _stop_actor(old, DRAIN_S, reason))  # the replacement restores them
+        await self.sessions.save_states(await _stop_actor(old, DRAIN_S, reason))  # the replacement restores them
         slot.gen += 1
         self.launch(pool, slot)
 
@@ -208,7 +346,7 @@ class Supervisor:
 
         async def stop(slot: ActorSlot) -> int:
             states = await _stop_actor(slot.handle, drain_s, "shutting down")
-            self.sessions.save_states(states)
+            await self.sessions.save_states(states)
             slot.state = "stopped"
             return len(states)
 
@@ -222,16 +360,16 @@ class Supervisor:
 
 
 async def _stop_actor(handle: Any, drain_s: float, reason: str) -> dict[str, bytes]:
-    """Drain an actor, export its sessions, let its worker close, then kill it; returns the sessions' states."""
+    """Drain an actor, export its sessions, let its worker close, then kill it; returns the sessions' states.
+
+    Each step is bounded: a stuck actor is killed with whatever it exported (its sessions then restore
+    from their last checkpoints)."""
+    states: dict[str, bytes] = {}
     try:
-        await handle.drain.remote(drain_s, reason)
-        states: dict[str, bytes] = await handle.export_sessions.remote()
-        await handle.stop.remote()
-    except RayActorError:
-        states = {}
+        await ask(handle.drain.remote(drain_s, reason), drain_s + 5.0)
+        states = await ask(handle.export_sessions.remote())
+        await ask(handle.stop.remote())
+    except Exception as exc:  # dead, stuck, or a session state that would not pickle
+        log.warning("stopping an actor (%s): %s; killing it", reason, first_line(exc))
     ray.kill(handle, no_restart=True)
     return states
-
-
-async def _awaited(ref: Any) -> Any:
-    return await ref

@@ -39,10 +39,14 @@ class Orchestrator:
     """A handle on a running orchestrator: pools, calls, streams, sessions."""
 
     def __init__(self, coordinator: Any, namespace: str, owns_ray: bool = False, local_host: Any = None) -> None:
-        self.coordinator = coordinator
         self.namespace = namespace
         self.owns_ray = owns_ray
-        self.router = Router(coordinator, local_host=local_host)
+        self.router = Router(coordinator, local_host=local_host, namespace=namespace)
+
+    @property
+    def coordinator(self) -> Any:
+        """The coordinator's handle (the router finds it again by name if a new one was started)."""
+        return self.router.coordinator
 
     @classmethod
     def in_cluster(cls, namespace: str, coordinator: str = COORDINATOR_NAME, local_host: Any = None) -> Orchestrator:
@@ -57,6 +61,10 @@ class Orchestrator:
     def pools(self) -> list[str]:
         """The configured pool names."""
         return sorted(self.status())
+
+    def restart_pool(self, name: str) -> dict[str, Any]:
+        """Start a failed or stopped pool again; ``{"restarted": bool, "message": ...}``."""
+        return dict(unwrap(ray.get(self.coordinator.restart_pool.remote(name))))
 
     def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Open sessions (of one pool, or all)."""
@@ -126,6 +134,12 @@ class Orchestrator:
         """Open a session pinned to one actor of ``pool`` (a context manager that closes it)."""
         self.router.pool(pool)
         return Session(self, unwrap(ray.get(self.coordinator.create_session.remote(pool, ttl_s))))
+
+    def attach(self, session_id: str) -> Session:
+        """A handle on an open session by its id (e.g. after a restart, or from another process).
+
+        Raises session_lost if it could not be restored, session_not_found if there is no such session."""
+        return Session(self, unwrap(ray.get(self.coordinator.get_session.remote(session_id))))
 
     # ----------------------------------------------------------------- jobs
     def submit(

@@ -12,6 +12,7 @@ drive it, each with its own kind of waiting.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -34,7 +35,7 @@ from orchestrator.errors import (
     WorkerCrashed,
     first_line,
 )
-from orchestrator.types import RECYCLING, Failure
+from orchestrator.types import COORDINATOR_NAME, RECYCLING, Failure
 
 log = logging.getLogger("orchestrator.router")
 
@@ -49,8 +50,9 @@ Steps = Generator[Step, Any, Any]
 class Router:
     """Routing table, outstanding-call counts, and the call logic for one process."""
 
-    def __init__(self, coordinator: Any, local_host: Any = None) -> None:
+    def __init__(self, coordinator: Any, local_host: Any = None, namespace: str | None = None) -> None:
         self.coordinator = coordinator
+        self.namespace = namespace  # where to find the coordinator by name again
         self.local_host = local_host  # set inside a WorkerHost: calls to its own pool run inline
         self.caller = uuid.uuid4().hex[:12]
         self.ids = itertools.count()
@@ -73,13 +75,22 @@ class Router:
                 self.cond.notify_all()
 
     def _poll(self) -> None:
+        # While the coordinator restarts, Ray holds this call and retries it: calls go on from the last
+        # table meanwhile. If it is gone for good (a new one was started), find the new one by name.
         while not self.closed:
             try:
                 self._install(ray.get(self.coordinator.routing.remote(self.table["version"], POLL_S)))
-            except Exception:  # coordinator restarting or gone: keep the last table, try again
+            except Exception:
                 if self.closed or not ray.is_initialized():
                     return
                 time.sleep(0.5)
+                self._resolve()
+
+    def _resolve(self) -> None:
+        if self.namespace is None:
+            return
+        with contextlib.suppress(ValueError):  # not back yet: keep the last table and try again
+            self.coordinator = ray.get_actor(COORDINATOR_NAME, namespace=self.namespace)
 
     def wait_change(self, deadline: float) -> None:
         """Block until the table changes or ``deadline`` (monotonic) passes."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import json
 import os
 import pickle
 import threading
@@ -49,6 +51,7 @@ class WorkerHost:
         self.pool, self.slot, self.gen = pool, slot, gen
         self.namespace, self.coordinator_name = namespace, coordinator
         self.env_file, self.debug = env_file, debug
+        self.spec_hash = spec_hash(spec)
         limits = spec.get("limits", {})
         self.max_memory: int | None = limits.get("max_memory")
         self.max_calls: int | None = limits.get("max_calls")
@@ -82,13 +85,21 @@ class WorkerHost:
     # ----------------------------------------------------------------- admin
     @ray.method(concurrency_group=ADMIN)
     def ready(self) -> dict[str, Any]:
-        """Start-up report: ops catalogue or the init error, and where the actor runs."""
+        """Start-up report: ops catalogue or the init error, where the actor runs, and (for a coordinator
+        that adopts it after a restart) its pool, slot, generation, spec, sessions and running job calls."""
         return {
             "error": self.init_error,
             "ops": {name: spec.info() for name, spec in self.ops.items()},
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "actor_id": ray.get_runtime_context().get_actor_id(),
+            "pool": self.pool,
+            "slot": self.slot,
+            "gen": self.gen,
+            "spec_hash": self.spec_hash,
+            "recycling": self.recycling,
+            "sessions": sorted(self.sessions),
+            "jobs": {cid: ctx.job_id for cid, ctx in self.running.items() if ctx.job_id is not None},
         }
 
     @ray.method(concurrency_group=ADMIN)
@@ -136,12 +147,22 @@ class WorkerHost:
         return self.sessions.pop(session_id, None) is not None
 
     @ray.method(concurrency_group=ADMIN)
-    def restore_sessions(self, states: dict[str, bytes], lost: list[str]) -> None:
-        """Install sessions moved or restored here; ``lost`` ones answer session_lost."""
+    def restore_sessions(self, states: dict[str, bytes], lost: list[str]) -> dict[str, str]:
+        """Install sessions moved or restored here; ``lost`` ones answer session_lost.
+
+        A checkpoint that cannot be loaded makes its session lost too; returns those, with why.
+        """
+        bad: dict[str, str] = {}
         for sid, blob in states.items():
-            self.sessions[sid] = SessionSlot(state=pickle.loads(blob), restored=True)
+            try:
+                state = pickle.loads(blob)
+            except Exception as exc:
+                bad[sid] = f"{type(exc).__name__}: {exc}"
+                continue
+            self.sessions[sid] = SessionSlot(state=state, restored=True)
             self.closed.pop(sid, None)
-        self.lost.update(lost)
+        self.lost.update(lost, bad)
+        return bad
 
     @ray.method(concurrency_group=ADMIN)
     def export_sessions(self) -> dict[str, bytes]:
@@ -189,7 +210,7 @@ class WorkerHost:
                 args = self._validate(spec, args, session)
                 ctx = self._context(spec, session, call_id, ctx_state)
                 if job is not None:
-                    self._as_job(ctx, job)
+                    self._as_job(ctx, job, call_id)
                 try:
                     if spec.stream:
                         yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
@@ -248,15 +269,21 @@ class WorkerHost:
             self.running[call_id] = ctx
         return ctx
 
-    def _as_job(self, ctx: Context, job: JobRun) -> None:
+    def _as_job(self, ctx: Context, job: JobRun, call_id: str) -> None:
         job_id, resume, base = job
         ctx.job_id = job_id
         ctx.resume = pickle.loads(resume) if resume is not None else None
 
         def checkpoint(obj: Any) -> None:
-            # The position tells a re-run which of its events are already logged.
+            # The position tells a re-run which of its events are already logged; the call id lets the
+            # coordinator refuse a run it no longer owns (one a restarted coordinator has re-run elsewhere).
             position = base + ctx.yielded
-            ray.get(self._coordinator_handle().job_checkpoint.remote(job_id, pickle.dumps(obj), position))
+            answer = ray.get(
+                self._coordinator_handle().job_checkpoint.remote(job_id, pickle.dumps(obj), position, call_id)
+            )
+            if isinstance(answer, Failure):
+                ctx._cancelled = True
+                raise OrchestratorError.from_dict(answer.error)
 
         ctx._checkpoint = checkpoint
 
@@ -285,6 +312,8 @@ class WorkerHost:
         self._coordinator_handle().report_recycle.remote(self.pool, self.slot, self.gen, reason)
 
     def _save_checkpoint(self, key: str, obj: Any) -> None:
+        # The coordinator's methods are retried by Ray across its restarts: while it is down this
+        # waits, and the call reports success only once the checkpoint is stored.
         ray.get(self._coordinator_handle().put_checkpoint.remote(key, pickle.dumps(obj)))
 
     def _coordinator_handle(self) -> Any:
@@ -314,6 +343,11 @@ class WorkerHost:
 
 class _Recycling(Exception):
     """The host is draining; the call never started."""
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A digest of a pool spec: a restarted coordinator adopts an actor only if its spec is unchanged."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @functools.cache

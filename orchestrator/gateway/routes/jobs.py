@@ -33,14 +33,12 @@ class JobSubmit(BaseModel):
 def router(orch: Orchestrator) -> APIRouter:
     """The job routes, bound to this orchestrator."""
     router = APIRouter()
-    coordinator = orch.coordinator
 
     @router.post("/v1/jobs", tags=["jobs"], status_code=202)
     async def submit_job(body: JobSubmit) -> dict[str, Any]:
         """Queue a long-running job; answers at once with its record (unknown pool/op and bad args: 4xx now)."""
-        return _job_json(
-            unwrap(await coordinator.submit_job.remote(body.pool, body.op, body.args, body.session, body.max_retries))
-        )
+        submitted = orch.coordinator.submit_job.remote(body.pool, body.op, body.args, body.session, body.max_retries)
+        return _job_json(unwrap(await submitted))
 
     @router.get("/v1/jobs", tags=["jobs"])
     async def list_jobs(
@@ -49,12 +47,12 @@ def router(orch: Orchestrator) -> APIRouter:
         limit: int = Query(100, ge=1, le=10_000, description="At most this many, newest first."),
     ) -> dict[str, Any]:
         """Jobs, newest first."""
-        return {"jobs": [_job_json(job) for job in await coordinator.list_jobs.remote(pool, status, limit)]}
+        return {"jobs": [_job_json(job) for job in await orch.coordinator.list_jobs.remote(pool, status, limit)]}
 
     @router.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
         """One job: status, attempts, events logged, result or error."""
-        return _job_json(unwrap(await coordinator.get_job.remote(job_id)))
+        return _job_json(unwrap(await orch.coordinator.get_job.remote(job_id)))
 
     @router.get("/v1/jobs/{job_id}/events", tags=["jobs"])
     async def job_events(
@@ -69,9 +67,9 @@ def router(orch: Orchestrator) -> APIRouter:
         """
         last = request.headers.get("last-event-id", "")
         start = int(last) if last.isdigit() else after
-        first = unwrap(await coordinator.job_events.remote(job_id, start, 0.0))  # job_not_found before answering
+        first = unwrap(await orch.coordinator.job_events.remote(job_id, start, 0.0))  # job_not_found before answering
         return StreamingResponse(
-            _job_sse(coordinator, job_id, start, first, follow), media_type=SSE, headers={"Cache-Control": "no-store"}
+            _job_sse(orch, job_id, start, first, follow), media_type=SSE, headers={"Cache-Control": "no-store"}
         )
 
     @router.get("/v1/jobs/{job_id}/result", tags=["jobs"])
@@ -81,18 +79,18 @@ def router(orch: Orchestrator) -> APIRouter:
         """The job's result; its error (with the error's status) if it failed; 504 if not done in time."""
         deadline = time.monotonic() + timeout
         while True:
-            job = unwrap(await coordinator.get_job.remote(job_id))
+            job = unwrap(await orch.coordinator.get_job.remote(job_id))
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return {"id": job_id, "status": job["status"], "result": job_outcome(job)}
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Timeout(f"job {job_id} is still {job['status']}", retryable=True)
-            await coordinator.job_events.remote(job_id, job["events"], min(left, 5.0))
+            await orch.coordinator.job_events.remote(job_id, job["events"], min(left, 5.0))
 
     @router.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
     async def cancel_job(job_id: str) -> dict[str, Any]:
         """Cancel: the op sees ``ctx.cancelled`` and is killed after the grace period. A finished job: a no-op."""
-        return dict(unwrap(await coordinator.cancel_job.remote(job_id)))
+        return dict(unwrap(await orch.coordinator.cancel_job.remote(job_id)))
 
     return router
 
@@ -103,7 +101,7 @@ def _job_json(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _job_sse(
-    coordinator: Any, job_id: str, after: int, first: dict[str, Any], follow: bool
+    orch: Orchestrator, job_id: str, after: int, first: dict[str, Any], follow: bool
 ) -> AsyncIterator[str]:
     """Logged events from the store after ``after``; ``end`` once the job is over (or at once without follow)."""
     batch = first
@@ -114,4 +112,4 @@ async def _job_sse(
         if batch["finished"] or (not follow and not batch["events"]):
             yield sse_message(after, "end", {"status": batch["status"]})
             return
-        batch = unwrap(await coordinator.job_events.remote(job_id, after, 0.0 if not follow else 10.0))
+        batch = unwrap(await orch.coordinator.job_events.remote(job_id, after, 0.0 if not follow else 10.0))

@@ -1,4 +1,4 @@
-"""Pool routes: ``GET /v1/pools``, ``GET /v1/pools/{pool}``, ``POST /v1/pools/{pool}/ops/{op}``."""
+"""Pool routes: list and read pools, restart a failed one, run ops (``/v1/pools...``)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,32 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from orchestrator.dataplane.handles import Orchestrator
+from orchestrator.dataplane.router import unwrap
 from orchestrator.gateway.calls import OP_BODY, op_arguments, run_call
 
 
 def router(orch: Orchestrator) -> APIRouter:
     """The pool routes, bound to this orchestrator."""
     router = APIRouter()
-    coordinator = orch.coordinator
 
     @router.get("/v1/pools", tags=["pools"])
     async def list_pools() -> dict[str, Any]:
         """Every pool with its actors, sessions, counters and recent events."""
-        status = await coordinator.status.remote()
+        status = await orch.coordinator.status.remote()
         return {"pools": [_with_queue(orch, p) for p in status.values()]}
 
     @router.get("/v1/pools/{pool}", tags=["pools"])
     async def get_pool(pool: str) -> dict[str, Any]:
         """One pool: actors (state, restarts, memory, pending reason), queue, sessions, ops."""
-        status = await coordinator.status.remote()
+        status = await orch.coordinator.status.remote()
         if pool not in status:
             orch.router.pool(pool)  # raises pool_not_found with the known pools
         return _with_queue(orch, status[pool])
+
+    @router.post("/v1/pools/{pool}/restart", tags=["admin"])
+    async def restart_pool(pool: str) -> dict[str, Any]:
+        """Start a failed or stopped pool again (needs the token when one is set, like every route)."""
+        return dict(unwrap(await orch.coordinator.restart_pool.remote(pool)))
 
     @router.post("/v1/pools/{pool}/ops/{op}", tags=["ops"], openapi_extra=OP_BODY)
     async def call_op(pool: str, op: str, request: Request) -> Response:

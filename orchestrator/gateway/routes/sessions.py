@@ -29,31 +29,30 @@ def router(orch: Orchestrator) -> APIRouter:
     """The session routes, bound to this orchestrator (they keep a handle per session this gateway has seen)."""
     router = APIRouter()
     sessions: dict[str, Session] = {}
-    coordinator = orch.coordinator
 
     @router.post("/v1/sessions", tags=["sessions"], status_code=201)
     async def open_session(body: SessionCreate) -> dict[str, Any]:
         """Open a session pinned to one actor of the pool."""
         orch.router.pool(body.pool)
-        record = unwrap(await coordinator.create_session.remote(body.pool, body.ttl_s))
+        record = unwrap(await orch.coordinator.create_session.remote(body.pool, body.ttl_s))
         sessions[record["id"]] = Session(orch, record)
         return dict(record)
 
     @router.get("/v1/sessions", tags=["sessions"])
     async def list_sessions(pool: str | None = Query(None, description="Only this pool's sessions.")) -> dict[str, Any]:
         """Open sessions."""
-        return {"sessions": await coordinator.list_sessions.remote(pool)}
+        return {"sessions": await orch.coordinator.list_sessions.remote(pool)}
 
     @router.get("/v1/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str) -> dict[str, Any]:
         """One open session's record."""
-        return dict(unwrap(await coordinator.get_session.remote(session_id)))
+        return dict(unwrap(await orch.coordinator.get_session.remote(session_id)))
 
     @router.delete("/v1/sessions/{session_id}", tags=["sessions"])
     async def close_session(session_id: str) -> dict[str, Any]:
         """Close a session and drop its state."""
         sessions.pop(session_id, None)
-        unwrap(await coordinator.close_session.remote(session_id))
+        unwrap(await orch.coordinator.close_session.remote(session_id))
         return {"id": session_id, "closed": True}
 
     @router.post("/v1/sessions/{session_id}/ops/{op}", tags=["sessions"], openapi_extra=OP_BODY)
@@ -61,7 +60,7 @@ def router(orch: Orchestrator) -> APIRouter:
         """Run an op inside a session (in order with the session's other calls)."""
         session = sessions.get(session_id)
         if session is None:
-            record = unwrap(await coordinator.get_session.remote(session_id))
+            record = unwrap(await orch.coordinator.get_session.remote(session_id))
             session = sessions.setdefault(session_id, Session(orch, record))
         args = await op_arguments(request, session.pool, op)
         try:
