@@ -10,7 +10,7 @@ import pytest
 
 import orchestrator
 from orchestrator import errors
-from tests.conftest import Start, actors, toolbox
+from tests.conftest import Start, toolbox
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,6 @@ def test_least_outstanding_spreads_concurrent_calls(orch: orchestrator.Orchestra
         threading.Thread(target=lambda: results.append(orch.call("other", "slow_echo", value=1, seconds=0.3)))
         for _ in range(4)
     ]
-    pids_before = {a["pid"] for a in actors(orch, "other")}
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -83,7 +82,6 @@ def test_least_outstanding_spreads_concurrent_calls(orch: orchestrator.Orchestra
     assert results == [1, 1, 1, 1]
     # 2 actors x concurrency 1: four 0.3 s calls take two rounds, not four.
     assert elapsed < 1.0, elapsed
-    assert len(pids_before) == 2
 
 
 def test_calls_are_spread_over_actors(orch: orchestrator.Orchestrator) -> None:

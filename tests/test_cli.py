@@ -84,7 +84,8 @@ pools:
         bad = run("call", "toolbox", "add", "a=x", env=env)
         assert bad.returncode == 2 and "invalid_arguments" in bad.stdout and "a:" in bad.stdout
         assert run("call", "toolbox", "echo", "novalue", env=env).returncode == 2
-        assert "sessions" in run("sessions", env=env).stdout
+        opened = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={"pool": "toolbox"}).json()["id"]
+        assert opened in run("sessions", env=env).stdout
 
         # A job keeps running while the gateway process dies and `up` restarts it.
         job_id = run("jobs", "submit", "toolbox", "trials", "n=30", "interval=0.05", env=env).stdout.strip()

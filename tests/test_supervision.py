@@ -92,7 +92,6 @@ def test_call_in_flight_on_a_dying_actor_gets_worker_crashed(orch: orchestrator.
 
 
 def test_idempotent_call_is_retried_once_on_another_actor(orch: orchestrator.Orchestrator) -> None:
-    pids = {a["pid"] for a in actors(orch, "pair")}
     result: dict[str, object] = {}
 
     def run() -> None:
@@ -106,18 +105,12 @@ def test_idempotent_call_is_retried_once_on_another_actor(orch: orchestrator.Orc
     time.sleep(0.3)
     # Kill whichever actor took the call (the busy one).
     busy = wait_until(lambda: [a for a in orch.status()["pair"]["actors"] if a["inflight"]], what="busy actor")
+    assert thread.is_alive(), "the call ended before the kill: nothing would be retried"
     kill_pid(busy[0]["pid"])
     thread.join(timeout=30)
     assert result.get("v") == 9  # slow_echo is idempotent: retried on the other actor
-    assert busy[0]["pid"] in pids
-
-
-def test_graceful_shutdown_checkpoints_sessions(start_orchestrator: Start) -> None:
-    orch = start_orchestrator({"g": toolbox(size=1, sessions={"checkpoint": "never"})})
-    session = orch.session("g")
-    session.call("incr", by=3)
-    summary = orch.shutdown(drain_s=2.0)
-    assert summary == {"actors_stopped": 1, "sessions_checkpointed": 1}
+    replaced = lambda: busy[0]["pid"] not in {a["pid"] for a in actors(orch, "pair")}  # noqa: E731
+    wait_until(replaced, what="the killed actor's replacement")
 
 
 def _swallow(fn: object, *args: object) -> None:

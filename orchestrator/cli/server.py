@@ -48,11 +48,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     dashboard = dashboard_url()
     if dashboard:
         say(f"Ray dashboard: {dashboard}")
+    address = ray.get_runtime_context().gcs_address
+    say(f"in Python: orchestrator.connect({address!r}, namespace={orch.namespace!r})")
 
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    command = [sys.executable, "-m", "orchestrator", "gateway", "--address", ray.get_runtime_context().gcs_address]
+    command = [sys.executable, "-m", "orchestrator", "gateway", "--address", address]
     command += ["--namespace", orch.namespace, "--host", host, "--port", str(port)]
     command += ["--max-body", str(gateway.max_body), "--stop-parent"]
     env = {**os.environ, **({"ORCHESTRATOR_TOKEN": gateway.token} if gateway.token else {})}

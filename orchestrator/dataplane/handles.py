@@ -8,9 +8,11 @@ which also launches the control plane, is ``orchestrator.control.launch``'s.)
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -25,14 +27,32 @@ JOB_POLL_S = 5.0  # long-poll length when following a job
 
 
 def connect(address: str | None = "auto", namespace: str = "orchestrator") -> Orchestrator:
-    """Attach to a running orchestrator on an existing Ray cluster."""
+    """Attach to a running orchestrator on an existing Ray cluster.
+
+    A local cluster started with Ray's token authentication (the default when
+    ``~/.ray/auth_token`` exists) is joined with that token, as Ray does for
+    the process that started it.
+    """
     if not ray.is_initialized():
+        _token_auth_if_available()
         ray.init(address=address, namespace=namespace, log_to_driver=False)
     try:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=namespace)
     except ValueError:
         raise PoolUnavailable(f"no orchestrator is running in Ray namespace {namespace!r}") from None
     return Orchestrator(coordinator, namespace, owns_ray=False)
+
+
+def _token_auth_if_available() -> None:
+    """Use Ray's token (``~/.ray/auth_token``) when RAY_AUTH_MODE is unset, as a local ``ray.init`` does."""
+    if "RAY_AUTH_MODE" in os.environ or not Path.home().joinpath(".ray", "auth_token").exists():
+        return
+    try:  # Ray's own switch: sets the mode for this process and its children and refreshes its config
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except ImportError:  # another Ray version: the environment variable is what it reads
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 class Orchestrator:

@@ -12,12 +12,14 @@ drive it, each with its own kind of waiting.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Generator
 from typing import Any
@@ -63,7 +65,11 @@ class Router:
         self.pool_outstanding: dict[str, int] = defaultdict(int)
         self.closed = False
         self._install(ray.get(coordinator.routing.remote(-1, 0.0)))
-        threading.Thread(target=self._poll, name="orchestrator-routing", daemon=True).start()
+        self.poller = threading.Thread(target=self._poll, name="orchestrator-routing", daemon=True)
+        self.poller.start()
+        # At interpreter exit, stop polling before Ray shuts down under the poller (which would end the
+        # process with an error status).
+        atexit.register(_close, weakref.ref(self))
 
     # ---------------------------------------------------------------- table
     def _install(self, table: dict[str, Any] | None) -> None:
@@ -79,7 +85,11 @@ class Router:
         # table meanwhile. If it is gone for good (a new one was started), find the new one by name.
         while not self.closed:
             try:
-                self._install(ray.get(self.coordinator.routing.remote(self.table["version"], POLL_S)))
+                ref = self.coordinator.routing.remote(self.table["version"], POLL_S)
+                while not self.closed and not ray.wait([ref], timeout=0.25)[0]:
+                    pass
+                if not self.closed:
+                    self._install(ray.get(ref))
             except Exception:
                 if self.closed or not ray.is_initialized():
                     return
@@ -269,8 +279,16 @@ class Router:
                 error = TimeoutError() if isinstance(exc, asyncio.TimeoutError) else exc
 
     def close(self) -> None:
-        """Stop the table poller."""
+        """Stop the table poller (and wait for it, unless called from it)."""
         self.closed = True
+        if self.poller is not threading.current_thread():
+            self.poller.join(timeout=2.0)
+
+
+def _close(ref: weakref.ref[Router]) -> None:
+    router = ref()
+    if router is not None:
+        router.close()
 
 
 async def _awaitable(ref: Any) -> Any:
