@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT, free_port, wait_until
 
 COMMANDS = ["up", "gateway", "down", "status", "call", "sessions", "jobs", "jobs submit", "jobs watch", "jobs list"]
-COMMANDS += ["jobs cancel", "jobs result"]
+COMMANDS += ["jobs cancel", "jobs result", "pools restart"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -86,6 +86,10 @@ pools:
         assert run("call", "toolbox", "echo", "novalue", env=env).returncode == 2
         opened = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={"pool": "toolbox"}).json()["id"]
         assert opened in run("sessions", env=env).stdout
+        running = run("pools", "restart", "toolbox", env=env)
+        assert running.returncode == 1 and "only a failed or stopped pool is restarted" in running.stdout
+        unknown = run("pools", "restart", "nope", env=env)
+        assert unknown.returncode == 2 and "pool_not_found" in unknown.stdout and "nope" in unknown.stdout
 
         # A job keeps running while the gateway process dies and `up` restarts it.
         job_id = run("jobs", "submit", "toolbox", "trials", "n=30", "interval=0.05", env=env).stdout.strip()
