@@ -5,11 +5,16 @@ their event logs. Large checkpoints go to files under ``state_dir/checkpoints``
 with only their path in the database. The schema carries a version and is
 created on first use.
 
-Durability: every commit is fsynced (WAL with ``synchronous=FULL``), and a
-checkpoint file is written to a temporary name, fsynced, renamed and its
-folder fsynced. So what a call reported as stored survives a crash of the
-process and of the machine. The store is thread-safe (one lock): the
-coordinator runs its writes on a worker thread, off its event loop.
+Durability: session and job records and checkpoints are fsynced as they
+commit (WAL with ``synchronous=FULL``), and a checkpoint file is written to a
+temporary name, fsynced, renamed and its folder fsynced: what a call reported
+as stored survives a crash of the process and of the machine. Job events are
+appended on a second connection with ``synchronous=NORMAL``: committed (so a
+process crash loses none) but fsynced with the next record or checkpoint
+commit (the WAL is one sequential file). A machine crash can thus lose events
+logged after the job's last checkpoint, which its re-run then logs again under
+the same numbers. The store is thread-safe (one lock): the coordinator runs
+its writes on a worker thread, off its event loop.
 """
 
 from __future__ import annotations
@@ -58,10 +63,9 @@ class Store:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(self.dir / "orchestrator.db", check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = _connect(self.dir / "orchestrator.db", "FULL")
         self.db.executescript(_SCHEMA)
+        self.events_db = _connect(self.dir / "orchestrator.db", "NORMAL")
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -198,18 +202,19 @@ class Store:
 
     def append_event(self, job_id: str, seq: int, data: Any) -> None:
         """Log one event (seq is 1, 2, ... per job); committed before anyone reads it."""
+        db = self.events_db
         with self.lock:  # one transaction: the event and the job's count never disagree
-            self.db.execute("BEGIN")
+            db.execute("BEGIN")
             try:
-                self.db.execute(
+                db.execute(
                     "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
                     (job_id, seq, pickle.dumps(data), time.time()),
                 )
-                self.db.execute("UPDATE jobs SET events=? WHERE id=?", (seq, job_id))
+                db.execute("UPDATE jobs SET events=? WHERE id=?", (seq, job_id))
             except BaseException:
-                self.db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, Any]]:
         """Logged events with seq > after, in order."""
@@ -238,7 +243,15 @@ class Store:
     def close(self) -> None:
         """Close the database."""
         with self.lock:
+            self.events_db.close()
             self.db.close()
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    return db
 
 
 def _write_durably(file: Path, blob: bytes) -> None:
