@@ -6,7 +6,7 @@ process. Each pool has a bound on outstanding calls (actors x concurrency +
 queue); past it the call is refused at once with ``overloaded``.
 
 The call logic is written once, as a generator of steps (``("get", ref,
-timeout)`` / ``("wait", deadline)``); the sync and async entry points only
+timeout)`` / ``("wait", deadline, version)``); the sync and async entry points only
 drive it, each with its own kind of waiting.
 """
 
@@ -102,9 +102,12 @@ class Router:
         with contextlib.suppress(ValueError):  # not back yet: keep the last table and try again
             self.coordinator = ray.get_actor(COORDINATOR_NAME, namespace=self.namespace)
 
-    def wait_change(self, deadline: float) -> None:
-        """Block until the table changes or ``deadline`` (monotonic) passes."""
-        version = self.table["version"]
+    def wait_change(self, deadline: float, version: int | None = None) -> None:
+        """Block until the table is newer than ``version`` (default: the current one) or ``deadline`` passes.
+
+        A caller that looked at the table and found no actor passes the version it looked at, so a
+        table installed in between is not missed (which would hold the call until the deadline)."""
+        version = self.table["version"] if version is None else version
         with self.cond:
             self.cond.wait_for(lambda: self.table["version"] != version, timeout=max(0.0, deadline - time.monotonic()))
 
@@ -181,20 +184,21 @@ class Router:
         session: Any = None,
         timeout: float | None = None,
     ) -> Steps:
-        """The call logic. Yields ``("get", ref, timeout)`` and ``("wait", deadline)``; returns the result."""
+        """The call logic. Yields ``("get", ref, timeout)`` and ``("wait", deadline, version)``; returns the result."""
         info = self.check_op(pool, op)
         limit = timeout if timeout is not None else self.pool(pool)["limits"]["call_timeout_s"]
         wait_deadline = time.monotonic() + (limit if limit is not None else WAIT_FOR_ACTOR_S)
         exclude: set[str] = set()
         retried = False
         while True:
+            version = self.table["version"]
             actor = self._target(pool, session, exclude)
             if actor is LOCAL:
                 return unwrap(self.local_host.call((op, args, session.id if session else None, None, "", ""), True))
             if actor is None:
                 if time.monotonic() >= wait_deadline:
                     raise PoolUnavailable(f"no ready actor in pool {pool!r}", pool=pool, op=op)
-                yield ("wait", wait_deadline)
+                yield ("wait", wait_deadline, version)
                 continue
             assert isinstance(actor, dict)
             call_id = self.new_call_id()
@@ -226,7 +230,7 @@ class Router:
             if isinstance(value, Failure) and value.code == RECYCLING:
                 exclude.add(actor["actor_id"])
                 if session is not None:
-                    yield ("wait", wait_deadline)
+                    yield ("wait", wait_deadline, version)
                 continue
             return unwrap(value)
 
@@ -252,7 +256,7 @@ class Router:
                 if step[0] == "get":
                     message = ray.get(step[1], timeout=step[2])
                 else:
-                    self.wait_change(step[1])
+                    self.wait_change(step[1], step[2])
             except (GetTimeoutError, RayActorError) as exc:
                 error = exc
 
@@ -274,7 +278,7 @@ class Router:
                 elif step[0] == "get":
                     message = await asyncio.wait_for(_awaitable(step[1]), step[2])
                 else:
-                    await asyncio.to_thread(self.wait_change, step[1])
+                    await asyncio.to_thread(self.wait_change, step[1], step[2])
             except (TimeoutError, RayActorError) as exc:
                 error = TimeoutError() if isinstance(exc, asyncio.TimeoutError) else exc
 

@@ -51,9 +51,10 @@ class Stream:
     def _open(self, exclude: set[str]) -> Any:
         router = self.router
         sid = self.session.id if self.session else None
+        version = router.table["version"]
         target = router._target(self.pool, self.session, exclude)
         if target is None:
-            router.wait_change(time.monotonic() + WAIT_FOR_ACTOR_S)
+            router.wait_change(time.monotonic() + WAIT_FOR_ACTOR_S, version)
             target = router._target(self.pool, self.session, exclude)
         if target == LOCAL:
             self.local = True
