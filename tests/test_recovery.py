@@ -37,6 +37,7 @@ def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) ->
             "q": toolbox(size=1, limits={"concurrency": 1}),
             "after": toolbox(size=1, sessions={"checkpoint": "after_call"}),
             "brittle": toolbox(size=1, restart={"max_restarts": 0}),
+            "retries": toolbox(size=1, restart={"max_restarts": 0, "retry_after_s": 0.5}),
         },
         state_dir=str(tmp_path_factory.mktemp("recovery") / "state"),
         jobs={"max_retries": 5},
@@ -155,6 +156,24 @@ def test_failed_pool_restarts_on_request(orch: orchestrator.Orchestrator) -> Non
     assert orch.restart_pool("brittle")["restarted"] is False  # a running pool is left alone
     with pytest.raises(errors.PoolNotFound, match="nope"):
         orch.restart_pool("nope")
+
+
+def test_failed_pool_with_retry_after_starts_again_by_itself(orch: orchestrator.Orchestrator) -> None:
+    def restarts() -> list[str]:
+        return [e["reason"] for e in orch.status()["retries"]["events"] if e["kind"] == "restart"]
+
+    def serving_again(old_pid: int) -> bool:
+        ready = [a for a in actors(orch, "retries") if a["state"] == "ready" and a["pid"] != old_pid]
+        return bool(ready)
+
+    for attempt in (1, 2):
+        pid = orch.call("retries", "whoami")["pid"]
+        kill_pid(pid)  # max_restarts 0: the pool fails at once
+        wait_until(lambda n=attempt: len(restarts()) >= n, timeout=30, what=f"automatic restart {attempt}")
+        wait_until(lambda p=pid: serving_again(p), timeout=30, what="the restarted pool to be ready")
+        assert orch.call("retries", "echo", value=attempt) == attempt
+    assert restarts()[0].startswith("restarted retry 1 after 0.5s")
+    assert restarts()[1].startswith("restarted retry 2 after 1s")  # the backoff doubled
 
 
 def test_checkpoint_writes_do_not_stall_the_coordinator(orch: orchestrator.Orchestrator) -> None:

@@ -104,6 +104,12 @@ class Restart(_Model):
 
     max_restarts: int = Field(5, ge=0, description="Restarts allowed within the window.")
     within_s: float = Field(60.0, gt=0, description="The window, in seconds.")
+    retry_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="A failed pool starts again by itself after this long, doubling after each try (at most "
+        "10 min); null: it stays failed until `orchestrator pools restart`.",
+    )
 
 
 class Health(_Model):

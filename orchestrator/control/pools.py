@@ -88,6 +88,8 @@ class PoolState:
     intensity: RestartIntensity = field(init=False)
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENT_LOG))
     counters: dict[str, int] = field(default_factory=lambda: {"restarts": 0, "recycles": 0, "hung": 0})
+    failed_at: float = 0.0  # monotonic time the pool failed
+    retries: int = 0  # automatic restarts since the last one by request (restart.retry_after_s)
 
     def __post_init__(self) -> None:
         self.intensity = RestartIntensity(self.spec.restart.max_restarts, self.spec.restart.within_s)

@@ -40,6 +40,7 @@ log = logging.getLogger("orchestrator.supervisor")
 
 PENDING_AFTER_S = 1.0  # an actor not ready after this long gets a reason (resources, env build)
 DRAIN_S = 30.0
+MAX_RETRY_BACKOFF_S = 600.0
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
@@ -229,6 +230,8 @@ class Supervisor:
     # ------------------------------------------------------------- watching
     async def check(self, pool: PoolState) -> None:
         """One supervision step for a pool: explain actors that wait, ping those due."""
+        if pool.state == "failed":
+            await self._maybe_retry(pool)
         if pool.state in ("failed", "stopped"):
             return
         now = time.monotonic()
@@ -298,7 +301,7 @@ class Supervisor:
         """Stop every actor of a pool and mark it failed (restart intensity exceeded, env or init error)."""
         if pool.state == "failed":
             return
-        pool.state, pool.reason = "failed", reason
+        pool.state, pool.reason, pool.failed_at = "failed", reason, time.monotonic()
         pool.event("failed", None, reason)
         for slot in pool.slots:
             if slot.handle is not None and slot.state != "dead":
@@ -306,7 +309,17 @@ class Supervisor:
             slot.state = "stopped"
         await self.routing.bump()
 
-    async def restart_pool(self, name: str) -> Any:
+    async def _maybe_retry(self, pool: PoolState) -> None:
+        """``restart.retry_after_s``: start a failed pool again after a backoff that doubles with each try."""
+        first = pool.spec.restart.retry_after_s
+        if first is None:
+            return
+        backoff = min(first * 2**pool.retries, MAX_RETRY_BACKOFF_S)
+        if time.monotonic() - pool.failed_at >= backoff:
+            pool.retries += 1
+            await self.restart_pool(pool.name, f"retry {pool.retries} after {backoff:g}s")
+
+    async def restart_pool(self, name: str, why: str = "by request") -> Any:
         """Start a failed or stopped pool again (a fresh restart intensity); its sessions are restored."""
         pool = self.pools.get(name)
         if pool is None:
@@ -318,7 +331,9 @@ class Supervisor:
         previous = pool.reason
         pool.state, pool.reason = "starting", None
         pool.intensity.times.clear()
-        pool.event("restart", None, f"restarted by request (was: {previous})")
+        if why == "by request":
+            pool.retries = 0  # an operator's restart starts the automatic backoff over
+        pool.event("restart", None, f"restarted {why} (was: {previous})")
         for slot in pool.slots:
             slot.gen += 1
             self.launch(pool, slot)
