@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
+from bench.common import percentile  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 
 LATENCY_GOAL = 1.25  # orchestrator latency / raw latency must be <= this
@@ -69,11 +70,6 @@ def params(quick: bool) -> dict[str, int]:
     if quick:
         return {"calls": 300, "warmup": 50, "chunk": 50, "pipelined": 1000, "events": 2000, "repeats": 2}
     return {"calls": 2000, "warmup": 200, "chunk": 100, "pipelined": 5000, "events": 20000, "repeats": 3}
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def paired_latency(

@@ -65,7 +65,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayError
 from rich.console import Console
 from rich.table import Table
 
@@ -74,6 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
+from bench.common import raw_restart, wait_until  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 
 CONTROL_PLANE_GOAL_S = 2.0  # kill of the coordinator -> status answers
@@ -89,17 +89,6 @@ def params(quick: bool) -> dict[str, Any]:
     if quick:
         return {"coordinator_kills": 1, "serve_kills": 1, "window_s": 10.0, "session_kills": 2, "node_removals": 1}
     return {"coordinator_kills": 3, "serve_kills": 3, "window_s": 15.0, "session_kills": 5, "node_removals": 2}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, period: float = 0.05) -> Any:
-    """Poll ``predicate`` until it is truthy; raise naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(period)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def pid_of(handle: Any) -> int:
@@ -267,20 +256,6 @@ class Raw:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def raw_restart(actor: Any) -> float:
-    """SIGKILL a ``max_restarts=-1`` raw actor; seconds until its restarted process answers a call."""
-    pid = ray.get(actor.pid.remote())
-    os.kill(pid, signal.SIGKILL)
-    start = time.perf_counter()
-    while time.perf_counter() - start < 60:
-        try:
-            if ray.get(actor.pid.remote(), timeout=30) != pid:
-                return time.perf_counter() - start
-        except RayError:
-            time.sleep(POLL_S)
-    raise RuntimeError("the raw actor did not come back within 60s")
 
 
 def session_kill(orch: orchestrator.Orchestrator, session: orchestrator.Session) -> dict[str, Any]:

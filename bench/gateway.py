@@ -63,6 +63,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/gateway.py` puts bench/ first, not the root
     sys.path.insert(0, str(ROOT))
 
+from bench.common import percentile  # noqa: E402
+
 THROUGHPUT_RATIO_GOAL = 3.0  # gateway req/s / Serve req/s at c=32 must be >= this
 P50_RATIO_GOAL = 0.5  # gateway p50 / Serve p50 at c=1 must be <= this
 CONCURRENCY = 32
@@ -85,11 +87,6 @@ def params(quick: bool) -> dict[str, int]:
     if quick:
         return {"latency": 200, "warmup": 50, "chunk": 50, "requests": 1000, "repeats": 1}
     return {"latency": 1000, "warmup": 100, "chunk": 100, "requests": 5000, "repeats": 2}
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def free_port() -> int:

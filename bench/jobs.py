@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
+from bench.common import raw_restart, wait_until  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 from orchestrator.dataplane.handles import Job  # noqa: E402
 
@@ -120,22 +121,6 @@ def params(quick: bool) -> dict[str, Any]:
         "recovery_n": 100,
         "recovery_interval": 0.02,
     }
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, period: float = 0.05) -> Any:
-    """Poll ``predicate`` until it is truthy; raise naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(period)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def actors(orch: orchestrator.Orchestrator) -> list[dict[str, Any]]:
@@ -384,20 +369,6 @@ def raw_failover(actor_cls: Any, spare: Any, n: int, interval: float) -> float:
     if first != {"trial": last + 1}:
         raise RuntimeError(f"raw failover resumed at {first}, expected trial {last + 1}")
     return elapsed
-
-
-def raw_restart(actor: Any) -> float:
-    """SIGKILL a ``max_restarts=-1`` raw actor; seconds until its restarted process answers a call."""
-    pid = ray.get(actor.pid.remote())
-    os.kill(pid, signal.SIGKILL)
-    start = time.perf_counter()
-    while time.perf_counter() - start < 60:
-        try:
-            if ray.get(actor.pid.remote(), timeout=30) != pid:
-                return time.perf_counter() - start
-        except RayError:
-            time.sleep(POLL_S)
-    raise RuntimeError("the raw actor did not come back within 60s")
 
 
 def measure_recovery(orch: orchestrator.Orchestrator, p: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
