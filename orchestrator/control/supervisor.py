@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
+from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
 from orchestrator.config.envs import runtime_env
 from orchestrator.config.schema import Config
@@ -259,7 +259,7 @@ class Supervisor:
     async def _ping(self, pool: PoolState, slot: ActorSlot, gen: int) -> None:
         try:
             slot.stats = await ask(slot.handle.ping.remote(), pool.spec.health.timeout_s)
-        except (TimeoutError, GetTimeoutError):
+        except TimeoutError:  # ask() bounds the ping
             if slot.gen == gen and slot.state == "ready":
                 pool.counters["hung"] += 1
                 ray.kill(slot.handle, no_restart=True)
