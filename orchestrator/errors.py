@@ -6,7 +6,10 @@
     ├── OpNotFound             op_not_found          404
     ├── InvalidArguments       invalid_arguments     422
     ├── Unauthorized           unauthorized          401
+    ├── Forbidden              forbidden             403
     ├── PayloadTooLarge        payload_too_large     413
+    ├── UnsupportedMediaType   unsupported_media_type 415
+    ├── MisdirectedRequest     invalid_host          421
     ├── Overloaded             overloaded            429  (retryable)
     ├── PoolUnavailable        pool_unavailable      503  (retryable)
     ├── Timeout                timeout               504
@@ -32,11 +35,13 @@ from typing import Any, ClassVar
 __all__ = [
     "ERROR_CLASSES",
     "DependencyMissing",
+    "Forbidden",
     "GpuOom",
     "InvalidArguments",
     "InvalidConfig",
     "JobCancelled",
     "JobNotFound",
+    "MisdirectedRequest",
     "OpFailed",
     "OpNotFound",
     "OrchestratorError",
@@ -48,6 +53,7 @@ __all__ = [
     "SessionNotFound",
     "Timeout",
     "Unauthorized",
+    "UnsupportedMediaType",
     "WorkerCrashed",
 ]
 
@@ -140,6 +146,27 @@ class Unauthorized(OrchestratorError):
 
     code = "unauthorized"
     http_status = 401
+
+
+class Forbidden(OrchestratorError):
+    """The request came from a web page of another origin, or an admin route was called cross-site."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class UnsupportedMediaType(OrchestratorError):
+    """A request body that is not JSON (what a web page can send cross-site without asking)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class MisdirectedRequest(OrchestratorError):
+    """The Host header names a host the gateway does not serve (DNS rebinding)."""
+
+    code = "invalid_host"
+    http_status = 421
 
 
 class PayloadTooLarge(OrchestratorError):
@@ -242,7 +269,10 @@ ERROR_CLASSES: dict[str, type[OrchestratorError]] = {
         OpNotFound,
         InvalidArguments,
         Unauthorized,
+        Forbidden,
         PayloadTooLarge,
+        UnsupportedMediaType,
+        MisdirectedRequest,
         Overloaded,
         PoolUnavailable,
         Timeout,

@@ -76,8 +76,8 @@ def test_health_pools_and_pool_detail(http: httpx.Client) -> None:
 def test_call_returns_result(http: httpx.Client) -> None:
     assert http.post("/v1/pools/tb/ops/add", json={"a": 2, "b": "3"}).json() == {"result": 5}
     assert http.post("/v1/pools/tb/ops/noop").json() == {"result": None}  # empty body: no arguments
-    # curl's default form content type still parses as JSON
-    assert http.post("/v1/pools/tb/ops/echo", content=b'{"value": [1]}').json() == {"result": [1]}
+    json_type = {"content-type": "application/json; charset=utf-8"}
+    assert http.post("/v1/pools/tb/ops/echo", content=b'{"value": [1]}', headers=json_type).json() == {"result": [1]}
 
 
 def test_bad_input_gets_4xx_naming_the_field(http: httpx.Client) -> None:
@@ -85,7 +85,11 @@ def test_bad_input_gets_4xx_naming_the_field(http: httpx.Client) -> None:
     assert body["detail"][0]["field"] == "a" and body["pool"] == "tb" and body["op"] == "add"
     assert (
         "body: not valid JSON"
-        in error_of(http.post("/v1/pools/tb/ops/add", content=b'{"a":'), 422, "invalid_arguments")["message"]
+        in error_of(
+            http.post("/v1/pools/tb/ops/add", content=b'{"a":', headers={"content-type": "application/json"}),
+            422,
+            "invalid_arguments",
+        )["message"]
     )
     assert (
         "JSON object" in error_of(http.post("/v1/pools/tb/ops/echo", json=[1, 2]), 422, "invalid_arguments")["message"]
@@ -107,7 +111,8 @@ def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
             yield b"y" * 1000
         yield b'"}'
 
-    error_of(http.post("/v1/pools/tb/ops/echo", content=chunks()), 413, "payload_too_large")
+    chunked = http.post("/v1/pools/tb/ops/echo", content=chunks(), headers={"content-type": "application/json"})
+    error_of(chunked, 413, "payload_too_large")
 
 
 def test_op_errors_map_to_statuses(http: httpx.Client) -> None:

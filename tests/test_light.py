@@ -239,7 +239,10 @@ def test_bad_requests_get_openai_errors(http: httpx.Client) -> None:
     streamed = {**chat, "messages": [], "stream": True}
     openai_error(http.post("/v1/chat/completions", json=streamed), 422, "invalid_arguments", "messages")
     openai_error(http.post("/v1/chat/completions", json={"messages": HELLO}), 422, "invalid_arguments", "model")
-    openai_error(http.post("/v1/chat/completions", content=b"{"), 422, "invalid_arguments")
+    json_type = {"content-type": "application/json"}
+    openai_error(http.post("/v1/chat/completions", content=b"{", headers=json_type), 422, "invalid_arguments")
+    plain = http.post("/v1/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
+    openai_error(plain, 415, "unsupported_media_type")
     assert http.get("/v1/models/llm/tiny").json()["id"] == "llm/tiny"
 
 

@@ -62,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default=None, help="gateway bind address (default: gateway.host, 127.0.0.1)")
     up.add_argument("--port", type=int, default=None, help="gateway port (default: gateway.port, 8000)")
     gateway.add_argument("--namespace", default="orchestrator", help="Ray namespace of the orchestrator")
-    gateway.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs ORCHESTRATOR_TOKEN)")
-    gateway.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    gateway.add_argument("--max-body", type=int, default=16 * 1024**2, help="request body limit in bytes")
+    gateway.add_argument(
+        "--config", default=None, help="pools file whose `gateway` section applies (tokens, hosts, origins, limits)"
+    )
+    gateway.add_argument("--host", default=None, help="bind address (default: gateway.host, 127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=None, help="port (default: gateway.port, 8000; 0 picks one)")
+    gateway.add_argument("--max-body", type=int, default=None, help="request body limit in bytes (gateway.max_body)")
     gateway.add_argument("--stop-parent", action="store_true", help="POST /v1/shutdown stops the parent `up`")
 
     add_command(sub, "down", cmd_down)

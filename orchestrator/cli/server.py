@@ -12,8 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from orchestrator.cli.render import StartupLines, say, status_table
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import GatewayOptions
 
 
 def dashboard_url() -> str | None:
@@ -41,7 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     gateway = config.gateway
     config.ray.address = args.address or config.ray.address
     host, port = args.host or gateway.host, gateway.port if args.port is None else args.port
-    check_bind(host, gateway.token)  # refuse before starting anything
+    check_bind(host, bool(gateway.credentials()))  # refuse before starting anything
     say(f"starting {len(config.pools)} pool(s) from {args.config}")
     orch = start(config, on_progress=StartupLines())
     say(status_table(orch.status().values()))
@@ -55,16 +59,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     command = [sys.executable, "-m", "orchestrator", "gateway", "--address", address]
-    command += ["--namespace", orch.namespace, "--host", host, "--port", str(port)]
-    command += ["--max-body", str(gateway.max_body), "--stop-parent"]
-    env = {**os.environ, **({"ORCHESTRATOR_TOKEN": gateway.token} if gateway.token else {})}
+    command += ["--namespace", orch.namespace, "--config", args.config, "--host", host, "--port", str(port)]
+    command += ["--stop-parent"]
     child: subprocess.Popen[bytes] | None = None
+
+    def forward_hangup(*_: object) -> None:  # SIGHUP: the gateway re-reads its tokens
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, forward_hangup)
     try:
         while not stop["now"]:
             if child is None or child.poll() is not None:
                 if child is not None:
                     say(f"the gateway exited ({child.returncode}); restarting it")
-                child = subprocess.Popen(command, env=env)
+                child = subprocess.Popen(command)
                 say(f"gateway: http://{host}:{port}  (docs: /docs; Ctrl-C or `orchestrator down` stops)")
             time.sleep(0.2)
     finally:
@@ -78,12 +87,20 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    """Serve only the HTTP gateway for an orchestrator already running on a Ray cluster."""
+    """Serve only the HTTP gateway for an orchestrator already running on a Ray cluster.
+
+    Its settings are the ``gateway`` section of ``--config`` (defaults without
+    one), then the flags; ``ORCHESTRATOR_TOKEN`` is a token too. SIGHUP re-reads
+    the tokens from ``--config``.
+    """
     from orchestrator.dataplane.handles import connect
     from orchestrator.gateway import check_bind, serve
 
-    token = os.environ.get("ORCHESTRATOR_TOKEN") or None
-    check_bind(args.host, token)
+    def options() -> GatewayOptions:
+        return gateway_options(args)
+
+    settings = options()
+    check_bind(settings.host, bool(settings.credentials()))
     orch = connect(args.address or "auto", namespace=args.namespace)
 
     def ready(url: str) -> None:
@@ -95,13 +112,25 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         serve(
             orch,
-            host=args.host,
-            port=args.port,
-            token=token,
-            max_body=args.max_body,
+            settings,
             on_ready=ready,
             on_shutdown=stop_parent if args.stop_parent else None,
+            reload=options if args.config else None,
         )
     finally:
         orch.close()
     return 0
+
+
+def gateway_options(args: argparse.Namespace) -> GatewayOptions:
+    """The gateway section of ``--config`` (or the defaults), the flags over it, and ``ORCHESTRATOR_TOKEN``."""
+    from orchestrator.config import load_config
+    from orchestrator.config.schema import GatewayOptions
+
+    options = load_config(args.config).gateway if args.config else GatewayOptions()
+    overrides = {"host": args.host, "port": args.port, "max_body": args.max_body}
+    options = options.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    env_token = os.environ.get("ORCHESTRATOR_TOKEN") or None
+    if env_token and env_token not in options.credentials().values():
+        options.tokens = {**options.tokens, "env": env_token}
+    return options

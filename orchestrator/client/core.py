@@ -325,11 +325,11 @@ class BaseClient(Generic[StreamT, SessionT, RetrievalT, JobT]):
     @operation
     def restart_pool(self, name: str) -> Steps[dict[str, Any]]:
         """Start a failed (or stopped) pool again; ``{"restarted": bool, "message": ...}``."""
-        request = self.build_request("POST", "v1", "pools", name, "restart")
+        request = self.build_request("POST", "v1", "pools", name, "restart", body={})  # admin: JSON
         return dict(response_field((yield from self._exchange(request, idempotent=False, pool=name))))
 
     @operation
     def shutdown(self) -> Steps[dict[str, Any]]:
         """Ask the server (``orchestrator up``) to drain, checkpoint sessions and stop."""
-        request = self.build_request("POST", "v1", "shutdown")
+        request = self.build_request("POST", "v1", "shutdown", body={})  # admin routes take JSON only
         return dict(response_field((yield from self._exchange(request, idempotent=False))))

@@ -129,6 +129,9 @@ class Sessions(_Model):
     )
     idle_timeout_s: float | None = Field(None, gt=0, description="Close a session unused this long.")
     ttl_s: float | None = Field(None, gt=0, description="Close a session this long after it opened.")
+    max_open: int = Field(
+        1000, ge=1, description="Open sessions the pool holds at most (all actors together); past it, `overloaded`."
+    )
     checkpoint: Literal["after_call", "explicit", "never"] = Field(
         "explicit", description="When session state is saved for restore after a crash."
     )
@@ -179,21 +182,58 @@ class Pool(_Model):
 
 
 class GatewayOptions(_Model):
-    """The HTTP gateway."""
+    """The HTTP gateway, and what it refuses before any route runs."""
 
     host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires a token.")
     port: int = Field(8000, ge=0, le=65535, description="Port (0 picks a free one).")
-    token: str | None = Field(None, description="Bearer token every route but /healthz requires.")
+    token: str | None = Field(None, description="A bearer token every route but /healthz accepts (named `default`).")
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="More bearer tokens by name (e.g. one per team or a new one while rotating); empty values "
+        "are ignored. Any configured token opens every route; SIGHUP re-reads them without a restart.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names served besides loopback and the bound address (`*.example.com` "
+        "matches subdomains, `*` anything); others get 421, which stops DNS rebinding.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (e.g. https://app.example.com) allowed to call the API cross-origin; a request "
+        "from any other origin gets 403. Admin routes stay same-origin only.",
+    )
     max_body: int = Field(16 * 1024**2, ge=1, description="Request body limit, e.g. 16MiB; larger bodies get 413.")
+    max_json_depth: int = Field(64, ge=2, le=512, description="JSON nesting limit of a request body; deeper gets 422.")
 
     _bytes = field_validator("max_body", mode="before")(lambda v: parse_bytes(v))
     _empty_is_none = field_validator("token", mode="before")(lambda v: v or None)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _drop_empty(cls, value: Any) -> Any:
+        # `alice: ${ALICE_TOKEN:-}` with the variable unset is no token, not an empty one everyone knows.
+        return {k: v for k, v in value.items() if v} if isinstance(value, dict) else value
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9][\w.-]{0,63}$", name):
+                raise ValueError(f"token name {name!r} must be letters, digits, '_', '-' or '.'")
+        return value
+
+    def credentials(self) -> dict[str, str]:
+        """Every configured token by name (``token`` is ``default``)."""
+        return {**({"default": self.token} if self.token else {}), **self.tokens}
 
 
 class JobOptions(_Model):
     """Long-running jobs."""
 
     max_retries: int = Field(3, ge=0, description="Re-runs (from the last checkpoint) after the job's actor dies.")
+    max_retries_limit: int = Field(
+        10, ge=0, description="The most re-runs one job may ask for (`max_retries` on submit); more is a 422."
+    )
     cancel_grace_s: float = Field(
         10.0, ge=0, description="After a cancel, how long the op may take to stop before its actor is killed."
     )

@@ -40,6 +40,7 @@ class OpSpec:
     takes_ctx: bool = False
     batch_param: bool = False
     args_model: type[BaseModel] | None = None
+    unresolved: str | None = None  # why the type hints did not resolve when @op ran (retried by ops_of)
 
     def info(self) -> dict[str, Any]:
         """The public description (routing table, status, HTTP)."""
@@ -93,8 +94,8 @@ def _build_spec(method: Callable[..., Any], *, session: bool, idempotent: bool) 
     signature = inspect.signature(method)
     try:
         hints = get_type_hints(method, include_extras=True)  # keep Annotated[..., Field(...)] bounds
-    except Exception:  # unresolvable forward refs: fall back to no annotations
-        hints = {}
+    except Exception as exc:  # a name defined later in the module: ops_of tries again once it is loaded
+        return OpSpec(name=method.__name__, session=session, idempotent=idempotent, unresolved=f"{exc!r}")
     fields: dict[str, Any] = {}
     takes_ctx = False
     for i, (name, param) in enumerate(signature.parameters.items()):
@@ -128,12 +129,28 @@ def _build_spec(method: Callable[..., Any], *, session: bool, idempotent: bool) 
 
 
 def ops_of(cls: type) -> dict[str, OpSpec]:
-    """The ``@op`` methods of a worker class, by name."""
+    """The ``@op`` methods of a worker class, by name.
+
+    An op whose type hints still cannot be resolved is an InvalidConfig naming
+    it: its arguments would otherwise go unvalidated.
+    """
     found: dict[str, OpSpec] = {}
     for name in dir(cls):
-        spec = getattr(getattr(cls, name, None), "__orchestrator_op__", None)
-        if isinstance(spec, OpSpec):
-            found[name] = spec
+        method = getattr(cls, name, None)
+        spec = getattr(method, "__orchestrator_op__", None)
+        if not isinstance(spec, OpSpec):
+            continue
+        if spec.unresolved is not None:
+            assert method is not None
+            spec = _build_spec(method, session=spec.session, idempotent=spec.idempotent)
+            if spec.unresolved is not None:
+                raise InvalidConfig(
+                    f"{cls.__name__}.{name}: @op {name}'s type hints cannot be resolved ({spec.unresolved}); "
+                    "its arguments could not be validated",
+                    op=name,
+                )
+            method.__orchestrator_op__ = spec
+        found[name] = spec
     return found
 
 
@@ -153,7 +170,11 @@ def load_worker_class(entry: str, pool: str, options: dict[str, Any]) -> type[Wo
         raise InvalidConfig(f"{where}: module {module_name!r} has no {class_name!r}", pool=pool)
     if not (isinstance(cls, type) and issubclass(cls, Worker)):
         raise InvalidConfig(f"{where}: {entry} is not a subclass of orchestrator.Worker", pool=pool)
-    if not ops_of(cls):
+    try:
+        ops = ops_of(cls)
+    except InvalidConfig as exc:
+        raise InvalidConfig(f"{where}: {exc.message}", pool=pool, op=exc.op) from None
+    if not ops:
         raise InvalidConfig(f"{where}: {entry} has no @op methods", pool=pool)
     try:
         inspect.signature(cls).bind(**options)

@@ -34,6 +34,7 @@ from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState
 from orchestrator.control.store import Store
 from orchestrator.errors import (
+    InvalidArguments,
     JobCancelled,
     JobNotFound,
     OpNotFound,
@@ -113,6 +114,12 @@ class JobRunner:
         if pool.ops and op not in pool.ops:
             message = f"pool {pool_name!r} has no op {op!r} (ops: {', '.join(sorted(pool.ops))})"
             return Failure(OpNotFound(message, pool=pool_name, op=op).to_dict())
+        limit = self.options.max_retries_limit
+        if max_retries is not None and not 0 <= max_retries <= limit:
+            message = f"must be between 0 and {limit} (jobs.max_retries_limit), got {max_retries}"
+            detail = [{"field": "max_retries", "message": message}]
+            error = InvalidArguments(f"max_retries: {message}", pool=pool_name, op=op, detail=detail)
+            return Failure(error.to_dict())
         pinned = self.host.session_slot(session) if session is not None else None
         if session is not None and (pinned is None or pinned[0] != pool_name):
             return Failure(

@@ -85,8 +85,11 @@ class SessionTable:
             return Failure(PoolNotFound(f"no pool {pool_name!r}", pool=pool_name).to_dict())
         if pool.state != "running":
             return Failure(PoolUnavailable(f"pool is {pool.state}: {pool.reason}", pool=pool_name).to_dict())
-        per_worker = pool.spec.sessions.per_worker
-        slot = choose_session_slot(pool.slots, self.counts(pool_name), per_worker)
+        per_worker, counts = pool.spec.sessions.per_worker, self.counts(pool_name)
+        if sum(counts.values()) >= pool.spec.sessions.max_open:
+            message = f"the pool holds {pool.spec.sessions.max_open} open sessions (sessions.max_open); close one"
+            return Failure(Overloaded(message, pool=pool_name).to_dict())
+        slot = choose_session_slot(pool.slots, counts, per_worker)
         if slot is None:
             message = f"every actor holds its {per_worker} session(s); close one or add actors"
             return Failure(Overloaded(message, pool=pool_name).to_dict())

@@ -4,33 +4,37 @@ Calls go from here straight to worker actors through the same Router as the
 in-process API (the coordinator only feeds the routing table). Every error is
 the DESIGN body ``{"error": {code, message, pool, op, retryable, detail}}``
 with its status; streaming ops answer Server-Sent Events when asked for
-``text/event-stream``. A guard in front of the app checks the bearer token and
-the body size before anything else runs.
+``text/event-stream``. Guards in front of the app (``guard``) check the Host,
+the Origin, the bearer token and the body before anything else runs.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from orchestrator.config.schema import GatewayOptions
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
-from orchestrator.gateway.guard import Guard, check_bind, error_response
+from orchestrator.gateway.guard import Guard, Origins, Tokens, check_bind, error_response, served_hosts
 from orchestrator.gateway.openai import chat, embeddings
 from orchestrator.gateway.routes import jobs, pools, sessions
 
 
 def create_app(
     orch: Orchestrator,
-    token: str | None = None,
-    max_body: int = 16 * 1024**2,
+    options: GatewayOptions | None = None,
     on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The gateway app over a running orchestrator (wrapped in the token and body-size guard)."""
+    """The gateway app over a running orchestrator, behind its guards (``app.state.tokens`` can be replaced)."""
+    options = options or GatewayOptions()
     app = FastAPI(title="orchestrator", version="0.1.0", description="Supervised pools of Ray actors.")
 
     @app.exception_handler(OrchestratorError)
@@ -56,36 +60,68 @@ def create_app(
 
         @app.post("/v1/shutdown", tags=["admin"], status_code=202)
         async def shutdown() -> dict[str, str]:
-            """Ask the server (``orchestrator up``) to drain and stop."""
+            """Ask the server (``orchestrator up``) to drain and stop (a same-origin JSON request; the token if set)."""
             on_shutdown()
             return {"status": "shutting down"}
 
     for family in (pools, sessions, jobs, chat, embeddings):
         app.include_router(family.router(orch))
-    app.add_middleware(Guard, token=token, max_body=max_body)
+    app.state.tokens = Tokens(options.credentials())
+    # Added innermost first: Origins (Host, Origin) -> CORS (preflights) -> Guard (token, body) -> routes.
+    app.add_middleware(Guard, tokens=app.state.tokens, max_body=options.max_body, max_json_depth=options.max_json_depth)
+    if options.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=options.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "Last-Event-ID"],
+        )
+    served = served_hosts(options.host, options.allowed_hosts)
+    app.add_middleware(Origins, served=served, cors_origins=options.cors_origins)
     return app
 
 
 def serve(
     orch: Orchestrator,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    token: str | None = None,
-    max_body: int = 16 * 1024**2,
+    options: GatewayOptions | None = None,
     on_ready: Callable[[str], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    reload: Callable[[], GatewayOptions] | None = None,
 ) -> None:
-    """Serve the gateway with uvicorn until SIGINT/SIGTERM (or POST /v1/shutdown, when ``on_shutdown`` is given)."""
+    """Serve the gateway with uvicorn until SIGINT/SIGTERM (or POST /v1/shutdown, when ``on_shutdown`` is given).
+
+    With ``reload``, SIGHUP swaps in the tokens it returns (rotation without a restart).
+    """
     import uvicorn
 
-    check_bind(host, token)
+    settings = options or GatewayOptions()
+    check_bind(settings.host, bool(settings.credentials()))
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if on_ready is not None:
-                bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
+                bound = self.servers[0].sockets[0].getsockname() if self.servers else (settings.host, settings.port)
                 on_ready(f"http://{bound[0]}:{bound[1]}")
 
-    app = create_app(orch, token=token, max_body=max_body, on_shutdown=on_shutdown)
-    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
+    app = create_app(orch, settings, on_shutdown=on_shutdown)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, lambda *_: _reload_tokens(app, reload))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    Server(config).run()
+
+
+def _reload_tokens(app: FastAPI, reload: Callable[[], GatewayOptions]) -> None:
+    """SIGHUP: re-read the tokens; a config that no longer loads keeps the ones in use."""
+    try:
+        credentials = reload().credentials()
+    except Exception as exc:
+        print(f"gateway: tokens not reloaded, the config does not load: {exc}", file=sys.stderr, flush=True)
+        return
+    if not credentials and not app.state.tokens:
+        return
+    if not credentials:
+        print("gateway: tokens not reloaded: the config names none (removing all would open the API)", file=sys.stderr)
+        return
+    app.state.tokens.replace(credentials)
+    print(f"gateway: tokens reloaded ({', '.join(sorted(credentials))})", file=sys.stderr, flush=True)

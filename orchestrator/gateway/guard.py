@@ -1,103 +1,272 @@
-"""The gateway's guard: bearer token, body size, and the refusal to bind beyond loopback without a token.
+"""The gateway's guards: what every request must pass before a route runs.
 
-It runs in front of the app (ASGI middleware), so nothing else runs for a
-request it refuses; its errors are the DESIGN body with their status.
+Two ASGI middlewares, outermost first (CORS sits between them, so a browser's
+preflight from an allowed origin is answered without a token):
+
+- ``Origins``: the ``Host`` header must name a host this gateway serves
+  (loopback, the bound address, ``gateway.allowed_hosts``; else 421, which stops
+  DNS rebinding), and a request carrying a cross-origin ``Origin`` is refused
+  (403) unless the origin is in ``gateway.cors_origins``. Admin routes are
+  same-origin only.
+- ``Guard``: a bearer token (any of the named ones, compared in constant time)
+  on every path but /healthz; bodies must be JSON (415 otherwise: a web page can
+  send text/plain or a form cross-site without asking); admin routes take JSON
+  only, so a browser cannot reach them without a preflight; the body is read
+  against ``max_body`` (413) and its nesting against ``max_json_depth`` (422).
+
+Refusals are the DESIGN error body with their status, and nothing behind a
+guard runs for a refused request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
+import re
+import socket
+from collections.abc import Iterable
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.errors import InvalidConfig, OrchestratorError, Overloaded, PayloadTooLarge, Unauthorized
+from orchestrator.errors import (
+    Forbidden,
+    InvalidArguments,
+    InvalidConfig,
+    MisdirectedRequest,
+    OrchestratorError,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 
 OPEN_PATHS = {"/healthz"}
+ADMIN_PATH = re.compile(r"^/v1/(shutdown|pools/[^/]+/restart)/?$")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+OPENAI_PATHS = ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/files", "/v1/fine_tuning")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
 
-def error_response(exc: OrchestratorError) -> JSONResponse:
-    """An OrchestratorError as its HTTP status and DESIGN body (429 carries Retry-After)."""
+def error_response(exc: OrchestratorError, path: str = "") -> JSONResponse:
+    """An OrchestratorError as its HTTP status and DESIGN body, or OpenAI's on OpenAI's routes (429: Retry-After)."""
+    if path.startswith(OPENAI_PATHS):
+        first = exc.detail[0] if isinstance(exc.detail, list) and exc.detail else {}
+        param = first.get("field") if isinstance(first, dict) else None
+        return openai_error(exc.http_status, exc.message, str(param) if param else None, exc.code)
     headers = {"Retry-After": "1"} if isinstance(exc, Overloaded) else None
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
 
 
-class Guard:
-    """ASGI middleware: bearer token (constant-time) on every path but /healthz, then the body limit.
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """OpenAI's error body."""
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status)
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
-    The limit is enforced on Content-Length before the app runs, and on the
-    bytes actually received for chunked bodies, so a large body is never read whole.
-    """
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int) -> None:
-        self.app, self.token, self.max_body = app, token, max_body
+def _headers(scope: Scope, *wanted: bytes) -> dict[bytes, bytes]:
+    """Only the named headers (lower-case names), without building a dict of them all."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered in wanted:
+            found[lowered] = value
+    return found
+
+
+# ------------------------------------------------------------------ Origins
+def host_name(header: str) -> str:
+    """The host part of a Host header or an origin's netloc: ``[::1]:8000`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def served_hosts(bind: str, extra: Iterable[str]) -> list[str]:
+    """Host names this gateway answers for: loopback, the bound address (the machine's names on 0.0.0.0), extra."""
+    names = {*LOOPBACK_NAMES, *(h.lower() for h in extra)}
+    if bind in ("0.0.0.0", "::", ""):
+        hostname = socket.gethostname()
+        names |= {hostname.lower(), socket.getfqdn().lower()}
+        with contextlib.suppress(OSError):
+            names |= {str(info[4][0]).lower() for info in socket.getaddrinfo(hostname, None)}
+    else:
+        names.add(host_name(bind))
+    return sorted(names)
+
+
+def host_allowed(host: str, served: list[str]) -> bool:
+    for pattern in served:
+        if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+class Origins:
+    """ASGI middleware: the Host allowlist and the Origin check (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, served: list[str], cors_origins: list[str]) -> None:
+        self.app, self.served = app, served
+        self.cors_origins = {o.rstrip("/").lower() for o in cors_origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization, length = b"", None
-        for name, value in scope["headers"]:  # only the two headers we need; no dict of them all
-            lowered = name.lower()
-            if lowered == b"authorization":
-                authorization = value
-            elif lowered == b"content-length":
-                length = value
-        if not self._authorized(scope["path"], authorization):
-            message = "missing or wrong bearer token" if authorization else "missing Authorization: Bearer header"
-            await error_response(Unauthorized(message))(scope, receive, send)
+        found = _headers(scope, b"host", b"origin")
+        host_header = found.get(b"host", b"").decode("latin-1")
+        if host_header and not host_allowed(host_name(host_header), self.served):
+            message = (
+                f"Host {host_header!r} is not served here; add it to gateway.allowed_hosts "
+                f"(served: {', '.join(self.served)})"
+            )
+            await error_response(MisdirectedRequest(message), scope["path"])(scope, receive, send)
             return
-        if length is not None and length.isdigit():
-            if int(length) > self.max_body:
-                await self._too_large(scope, receive, send)
-            else:  # the server never delivers more than Content-Length: nothing to count
-                await self.app(scope, receive, send)
+        origin = found.get(b"origin")
+        if origin is not None:
+            refusal = self._refusal(origin.decode("latin-1").rstrip("/").lower(), host_header, scope["path"])
+            if refusal is not None:
+                await error_response(Forbidden(refusal), scope["path"])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, origin: str, host_header: str, path: str) -> str | None:
+        same = "://" in origin and origin.split("://", 1)[1] == host_header.lower()
+        if same:
+            return None
+        if ADMIN_PATH.match(path):
+            return f"admin routes are same-origin only; Origin {origin!r} is not this gateway"
+        if origin in self.cors_origins or "*" in self.cors_origins:
+            return None
+        return f"requests from the web origin {origin!r} are refused; add it to gateway.cors_origins to allow it"
+
+
+# -------------------------------------------------------------------- Guard
+class Tokens:
+    """The named bearer tokens; ``replace`` swaps them at once (SIGHUP)."""
+
+    def __init__(self, named: dict[str, str]) -> None:
+        self.replace(named)
+
+    def replace(self, named: dict[str, str]) -> None:
+        self.expected = [(name, f"Bearer {token}".encode()) for name, token in named.items()]
+
+    def __bool__(self) -> bool:
+        return bool(self.expected)
+
+    def match(self, authorization: bytes) -> str | None:
+        """The name of the token presented, or None; every token is compared, in constant time."""
+        found = None
+        for name, expected in self.expected:
+            if hmac.compare_digest(authorization, expected) and found is None:
+                found = name
+        return found
+
+
+def is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def json_too_deep(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text nests deeper than ``limit`` (brackets inside strings do not count)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # the common case, without looking further
+    import numpy as np  # Ray's own dependency; only bodies with many brackets get here
+
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    opens = (codes == ord("[")) | (codes == ord("{"))
+    closes = (codes == ord("]")) | (codes == ord("}"))
+    return bool(np.cumsum(opens.astype(np.int32) - closes).max() > limit)
+
+
+class Guard:
+    """ASGI middleware: token, JSON-only bodies, body size and depth (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, tokens: Tokens, max_body: int, max_json_depth: int = 64) -> None:
+        self.app, self.tokens, self.max_body, self.max_json_depth = app, tokens, max_body, max_json_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self._counted(scope, receive, send)
+        refusal, replay = await self._check(scope, receive)
+        if refusal is not None:
+            await error_response(refusal, scope["path"])(scope, receive, send)
+            return
+        await self.app(scope, replay or receive, send)
 
-    def _authorized(self, path: str, authorization: bytes) -> bool:
-        if self.token is None or path in OPEN_PATHS:
-            return True
-        return hmac.compare_digest(authorization, f"Bearer {self.token}".encode())
+    async def _check(self, scope: Scope, receive: Receive) -> tuple[OrchestratorError | None, Receive | None]:
+        path, method = scope["path"], scope["method"]
+        found = _headers(scope, b"authorization", b"content-length", b"content-type", b"transfer-encoding")
+        if self.tokens and path not in OPEN_PATHS and self.tokens.match(found.get(b"authorization", b"")) is None:
+            given = b"authorization" in found
+            return Unauthorized("wrong bearer token" if given else "missing Authorization: Bearer header"), None
+        if method not in BODY_METHODS:
+            return None, None
+        length = found.get(b"content-length")
+        has_body = b"transfer-encoding" in found or (length is not None and length.strip() not in (b"", b"0"))
+        content_type = found.get(b"content-type", b"")
+        if (has_body or content_type or ADMIN_PATH.match(path)) and not is_json(content_type):
+            sent = content_type.decode("latin-1") or "none"
+            what = "admin routes take" if ADMIN_PATH.match(path) else "request bodies must be"
+            return UnsupportedMediaType(f"{what} Content-Type: application/json (got {sent})"), None
+        if not has_body:
+            return None, None
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return self._too_large(), None
+        body = await self._read(receive)
+        if body is None:
+            return self._too_large(), None
+        if json_too_deep(body, self.max_json_depth):
+            message = f"JSON nested deeper than {self.max_json_depth} levels (gateway.max_json_depth)"
+            return InvalidArguments(f"body: {message}", detail=[{"field": "body", "message": message}]), None
+        return None, _replay(body, receive)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A body without Content-Length (chunked): count the bytes as they arrive."""
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None past ``max_body`` (read no further)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                break  # the client went away; the route sees an empty body and the server drops the reply
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._too_large(scope, receive, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = PayloadTooLarge(f"request body over the limit of {self.max_body} bytes")
-        await error_response(error)(scope, receive, send)
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body over the limit of {self.max_body} bytes (gateway.max_body)")
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the body already read, then the real channel (disconnects reach streams)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
-def check_bind(host: str, token: str | None) -> None:
+def check_bind(host: str, secured: bool) -> None:
     """Refuse to listen beyond loopback without a token."""
-    if token:
+    if secured:
         return
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -106,5 +275,5 @@ def check_bind(host: str, token: str | None) -> None:
     if not loopback:
         raise InvalidConfig(
             f"refusing to bind the gateway to {host} without a token: set ORCHESTRATOR_TOKEN "
-            "(or gateway.token in pools.yaml), or bind 127.0.0.1"
+            "(or gateway.token / gateway.tokens in pools.yaml), or bind 127.0.0.1"
         )

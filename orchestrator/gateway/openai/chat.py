@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, PoolNotFound
+from orchestrator.gateway.guard import openai_error
 
 SSE = "text/event-stream"
 LIGHT_OPS = ("chat", "models")
@@ -70,15 +71,6 @@ class CompletionBody(_Body):
     """POST /v1/completions."""
 
     prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
-
-
-def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    """OpenAI's error body."""
-    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status)
-    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    headers = {"Retry-After": "1"} if status == 429 else None
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def from_orchestrator_error(exc: OrchestratorError, model: str | None = None) -> JSONResponse:
