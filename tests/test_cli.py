@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -116,6 +118,16 @@ pools:
         assert job_id in run("jobs", "list", env=env).stdout
         assert "job already succeeded" in run("jobs", "cancel", job_id, env=env).stdout
         assert json.loads(run("status", "--json", env=env).stdout)[0]["actors"][0]["pid"] == actor_pid
+
+        # Admin routes take a same-origin JSON request only: what a web page can send does not stop the server.
+        shutdown = f"http://127.0.0.1:{port}/v1/shutdown"
+        plain = httpx.post(shutdown, content=b"{}", headers={"content-type": "text/plain"})
+        assert plain.status_code == 415 and plain.json()["error"]["code"] == "unsupported_media_type"
+        assert httpx.post(shutdown, json={}, headers={"origin": "http://evil.example"}).status_code == 403
+        assert httpx.post(shutdown, json={}, headers={"host": "evil.example"}).status_code == 421
+        up.send_signal(signal.SIGHUP)  # forwarded to the gateway (token reload), and `up` goes on
+        time.sleep(1.0)
+        assert ready() and run("call", "toolbox", "add", "a=1", env=env).stdout.strip() == "1"
 
         down = run("down", env=env)
         assert down.returncode == 0, down.stdout + down.stderr

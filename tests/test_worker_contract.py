@@ -6,7 +6,7 @@ import pickle
 from typing import Annotated, Any
 
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 import orchestrator
 from orchestrator import Context, Worker, op
@@ -94,3 +94,27 @@ def test_annotated_bounds_are_enforced() -> None:
     with pytest.raises(InvalidArguments, match="k: Input should be greater than 0"):
         spec.validate({"k": 0})
     assert spec.validate({"k": 3}) == {"k": 3}
+
+
+class LaterRef(Worker):
+    @op
+    def take(self, item: DefinedLater) -> int:
+        return item.size
+
+
+class DefinedLater(BaseModel):
+    size: int
+
+
+def test_hints_naming_a_class_defined_later_still_validate() -> None:
+    spec = ops_of(LaterRef)["take"]  # @op ran before DefinedLater existed; ops_of resolves it now
+    assert spec.validate({"item": {"size": "3"}})["item"].size == 3
+    with pytest.raises(InvalidArguments, match="item.size"):
+        spec.validate({"item": {"size": "x"}})
+
+
+def test_hints_that_never_resolve_are_an_error_naming_the_op() -> None:
+    from tests.kit.unresolved import Unresolved
+
+    with pytest.raises(InvalidConfig, match="@op lookup's type hints cannot be resolved"):
+        ops_of(Unresolved)
