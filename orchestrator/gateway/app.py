@@ -19,10 +19,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.config.schema import GatewayOptions
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
+from orchestrator.gateway.calls import ADMIN_BODY
+from orchestrator.gateway.docs import publish_ops
 from orchestrator.gateway.guard import Guard, Origins, Tokens, check_bind, error_response, served_hosts
 from orchestrator.gateway.openai import chat, embeddings
 from orchestrator.gateway.routes import jobs, pools, sessions
@@ -51,6 +54,17 @@ def create_app(
         text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return error_response(InvalidArguments(text, detail=problems))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is not JSON, no such route) in the same error body."""
+        if exc.status_code == 400:
+            message = f"not valid JSON ({exc.detail})"
+            error = InvalidArguments(f"body: {message}", detail=[{"field": "body", "message": message}])
+            return error_response(error, request.url.path)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"code": code, "message": str(exc.detail), "pool": None, "op": None, "retryable": False, "detail": None}
+        return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """Liveness (no auth)."""
@@ -58,7 +72,7 @@ def create_app(
 
     if on_shutdown is not None:
 
-        @app.post("/v1/shutdown", tags=["admin"], status_code=202)
+        @app.post("/v1/shutdown", tags=["admin"], status_code=202, openapi_extra=ADMIN_BODY)
         async def shutdown() -> dict[str, str]:
             """Ask the server (``orchestrator up``) to drain and stop (a same-origin JSON request; the token if set)."""
             on_shutdown()
@@ -66,6 +80,7 @@ def create_app(
 
     for family in (pools, sessions, jobs, chat, embeddings):
         app.include_router(family.router(orch))
+    publish_ops(app, orch)
     app.state.tokens = Tokens(options.credentials())
     # Added innermost first: Origins (Host, Origin) -> CORS (preflights) -> Guard (token, body) -> routes.
     app.add_middleware(Guard, tokens=app.state.tokens, max_body=options.max_body, max_json_depth=options.max_json_depth)

@@ -20,6 +20,15 @@ from orchestrator.sse import sse_message
 
 SSE = "text/event-stream"
 
+ADMIN_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An empty JSON object: admin routes take a JSON request only (a web page cannot send one "
+        "cross-site without a CORS preflight).",
+        "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+    }
+}
+
 OP_BODY = {
     "requestBody": {
         "required": False,

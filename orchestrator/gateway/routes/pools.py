@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.dataplane.router import unwrap
-from orchestrator.gateway.calls import OP_BODY, op_arguments, run_call
+from orchestrator.gateway.calls import ADMIN_BODY, OP_BODY, op_arguments, run_call
 
 
 def router(orch: Orchestrator) -> APIRouter:
@@ -30,9 +30,9 @@ def router(orch: Orchestrator) -> APIRouter:
             orch.router.pool(pool)  # raises pool_not_found with the known pools
         return _with_queue(orch, status[pool])
 
-    @router.post("/v1/pools/{pool}/restart", tags=["admin"])
+    @router.post("/v1/pools/{pool}/restart", tags=["admin"], openapi_extra=ADMIN_BODY)
     async def restart_pool(pool: str) -> dict[str, Any]:
-        """Start a failed or stopped pool again (needs the token when one is set, like every route)."""
+        """Start a failed or stopped pool again (a same-origin JSON request, and the token when one is set)."""
         return dict(unwrap(await orch.coordinator.restart_pool.remote(pool)))
 
     @router.post("/v1/pools/{pool}/ops/{op}", tags=["ops"], openapi_extra=OP_BODY)
