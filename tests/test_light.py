@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import orchestrator
+from orchestrator import errors
 from orchestrator.errors import InvalidConfig
 from tests.conftest import GatewayProcess, Start
 
@@ -42,8 +43,31 @@ def light_pool(model: str, **options: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def orch(start_orchestrator: Start, tiny: Path) -> orchestrator.Orchestrator:
-    return start_orchestrator({"llm": light_pool(str(tiny))})
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def orch(start_orchestrator: Start, tiny: Path, adapter_dir: Path) -> orchestrator.Orchestrator:
+    return start_orchestrator({"llm": light_pool(str(tiny), adapter_dir=str(adapter_dir), max_adapters=2)})
+
+
+@pytest.fixture(scope="module")
+def lora(tiny: Path, adapter_dir: Path) -> Path:
+    """Two different LoRA adapters for the tiny model, ``one`` (rank 4) and ``two`` (rank 8), under adapter_dir."""
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[light]'")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for seed, (name, rank) in enumerate((("one", 4), ("two", 8))):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny)
+        config = LoraConfig(
+            r=rank, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+        )
+        get_peft_model(base, config).save_pretrained(adapter_dir / name)
+    return adapter_dir
 
 
 @pytest.fixture(scope="module")
@@ -181,21 +205,11 @@ def test_dspy_lm_calls_through_the_gateway(gateway: GatewayProcess) -> None:
 
 
 def test_lora_adapter_is_served_by_name_and_unloaded(
-    orch: orchestrator.Orchestrator, http: httpx.Client, tiny: Path, tmp_path: Path
+    orch: orchestrator.Orchestrator, http: httpx.Client, lora: Path
 ) -> None:
-    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[light]'")
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny)
-    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
-
     body = {"messages": HELLO, "max_tokens": 12, "temperature": 0}
     base_text = http.post("/v1/chat/completions", json={**body, "model": "llm/tiny"}).json()
-    models = orch.call("llm", "load_adapter", name="my-adapter", path=str(tmp_path / "adapter"))
+    models = orch.call("llm", "load_adapter", name="my-adapter", path="one")  # relative to options.adapter_dir
     assert {m["id"] for m in models} == {"tiny", "my-adapter"}
     assert "llm/my-adapter" in [m["id"] for m in http.get("/v1/models").json()["data"]]
 
@@ -210,6 +224,78 @@ def test_lora_adapter_is_served_by_name_and_unloaded(
     openai_error(gone, 404, "model_not_found")
     after = http.post("/v1/chat/completions", json={**body, "model": "llm/tiny"}).json()
     assert after["choices"] == base_text["choices"]
+
+
+def model_ids(orch: orchestrator.Orchestrator) -> list[str]:
+    return [m["id"] for m in orch.call("llm", "models")]
+
+
+def test_load_adapter_refuses_paths_outside_adapter_dir_and_bad_names(
+    orch: orchestrator.Orchestrator, lora: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    outside = tmp_path / "outside"
+    shutil.copytree(lora / "one", outside)  # a real adapter, but not under options.adapter_dir
+    (lora / "escape").symlink_to(outside)
+    (lora / ".hidden").mkdir(exist_ok=True)
+    before = model_ids(orch)
+    paths = [str(outside), "../outside", "one/../../outside", "escape", ".hidden", "~/x", "missing", ""]
+    for path in paths:
+        with pytest.raises(errors.InvalidArguments) as exc:
+            orch.call("llm", "load_adapter", name="sneaky", path=path)
+        assert exc.value.detail[0]["field"] == "path", (path, exc.value)
+    for name in ["", "-x", "a/b", "../x", "x" * 129, "tiny", "white space", "ünï"]:
+        with pytest.raises(errors.InvalidArguments) as exc:
+            orch.call("llm", "load_adapter", name=name, path="one")
+        assert exc.value.detail[0]["field"] == "name", (name, exc.value)
+    assert model_ids(orch) == before == ["tiny"]  # nothing loaded
+    assert orch.call("llm", "generate", prompt="still", max_tokens=2)["model"] == "llm/tiny"
+
+
+def test_max_adapters_caps_an_actor_and_reloading_a_name_replaces_it(
+    orch: orchestrator.Orchestrator, lora: Path
+) -> None:
+    args = {"prompt": "Once upon", "max_tokens": 8, "temperature": 0}
+    try:
+        orch.call("llm", "load_adapter", name="first", path="one")
+        orch.call("llm", "load_adapter", name="second", path="two")
+        with pytest.raises(errors.InvalidArguments) as exc:
+            orch.call("llm", "load_adapter", name="third", path="one")
+        assert exc.value.detail[0]["field"] == "name" and "(options.max_adapters)" in exc.value.message
+        assert model_ids(orch) == ["tiny", "first", "second"]
+        first, second = (text_of(orch.call("llm", "generate", model=m, **args)) for m in ("llm/first", "llm/second"))
+        assert first != second
+        assert model_ids(orch) == ["tiny", "first", "second"]
+        orch.call("llm", "load_adapter", name="first", path="two")  # at the cap, an existing name is replaced
+        assert sorted(model_ids(orch)) == ["first", "second", "tiny"]
+        assert text_of(orch.call("llm", "generate", model="llm/first", **args)) == second
+    finally:
+        for name in set(model_ids(orch)) - {"tiny"}:
+            orch.call("llm", "unload_adapter", name=name)
+
+
+def test_one_request_may_not_exceed_max_batch(orch: orchestrator.Orchestrator, http: httpx.Client) -> None:
+    batches = orch.call("llm", "stats")["batch_sizes"]
+    cases = [
+        ("generate", {"prompt": ["p"] * 3, "n": 3}, "n"),  # 9 rows > max_batch 8
+        ("generate", {"prompt": ["p"] * 9}, "prompt"),
+        ("generate", {"prompt": ["p"] * 9, "n": 2}, "prompt"),
+        ("chat", {"messages": HELLO, "n": 9}, "n"),
+        ("generate_stream", {"prompt": ["p"] * 2, "n": 5}, "n"),
+    ]
+    for op, args, field in cases:
+        with pytest.raises(errors.InvalidArguments) as exc:
+            if op.endswith("_stream"):
+                list(orch.stream("llm", op, max_tokens=4, **args))
+            else:
+                orch.call("llm", op, max_tokens=4, **args)
+        assert exc.value.detail[0]["field"] == field and "(options.max_batch)" in exc.value.message, (op, args)
+    over = http.post("/v1/chat/completions", json={"model": "llm/tiny", "messages": HELLO, "max_tokens": 4, "n": 9})
+    openai_error(over, 422, "invalid_arguments", "n")
+    assert orch.call("llm", "stats")["batch_sizes"] == batches  # nothing was generated
+    full = orch.call("llm", "generate", prompt=["p"] * 4, n=2, max_tokens=2)  # exactly max_batch rows: served
+    assert len(full["choices"]) == 8 and full["batch_size"] <= 8
 
 
 def openai_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import time
 import pytest
 from fastapi.responses import JSONResponse
 
-from orchestrator.errors import InvalidArguments, OpNotFound, PoolNotFound, Timeout
+from orchestrator.errors import InvalidArguments, InvalidConfig, OpNotFound, PoolNotFound, Timeout
 from orchestrator.gateway.openai.chat import from_orchestrator_error, openai_error, split_model
 from workers.light.batching import Batcher, Job
 from workers.light.params import (
@@ -23,7 +23,7 @@ from workers.light.params import (
     row_seed,
 )
 from workers.light.vllm_backend import engine_args, finish_reason, gpu_share, sampling_args
-from workers.light.worker import looks_like_path
+from workers.light.worker import ADAPTER_NAME, Light, looks_like_path
 
 VOCAB = {1: "Hel", 2: "lo", 3: " wor", 4: "ld", 5: "!", 6: "\xe2", 7: "\x82\xac"}  # 6+7: "€" split in two
 
@@ -91,6 +91,21 @@ def test_model_paths_and_hub_ids() -> None:
     assert split_model("light") == ("light", "")
     with pytest.raises(InvalidArguments):
         split_model("/tiny")
+
+
+def test_adapter_names_are_model_names() -> None:
+    for good in ("a", "my-adapter", "v1.2", "org:name_3", "x" * 128):
+        assert ADAPTER_NAME.fullmatch(good), good
+    for bad in ("", "-x", ".x", "a/b", "../x", "x" * 129, "a b", "ünï", "x\n"):
+        assert not ADAPTER_NAME.fullmatch(bad), bad
+
+
+def test_bad_adapter_options_stop_the_worker_before_it_loads_a_model() -> None:
+    with pytest.raises(InvalidConfig, match=r"options\.adapters: 2 adapters; options\.max_adapters is 1"):
+        Light(model="/no/such/model", adapters={"a": "/a", "b": "/b"}, max_adapters=1)
+    for option in ({"max_batch": 0}, {"max_adapters": -1}):
+        with pytest.raises(InvalidConfig, match=rf"options\.{next(iter(option))}"):
+            Light(model="/no/such/model", **option)
 
 
 class FakeBackend:

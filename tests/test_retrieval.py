@@ -42,8 +42,13 @@ def retrieval_pool(data_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) -> orchestrator.Orchestrator:
-    return start_orchestrator({POOL: retrieval_pool(tmp_path_factory.mktemp("retrieval-data"))})
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("retrieval-data")
+
+
+@pytest.fixture(scope="module")
+def orch(start_orchestrator: Start, data_dir: Path) -> orchestrator.Orchestrator:
+    return start_orchestrator({POOL: retrieval_pool(data_dir)})
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +117,57 @@ def test_save_load_round_trip_between_sessions(orch: orchestrator.Orchestrator) 
         with pytest.raises(errors.InvalidArguments) as exc:
             target.call("load", path="../../etc")
         assert invalid_field(exc) == "path"
+
+
+def test_hostile_paths_touch_nothing_outside_data_dir(
+    orch: orchestrator.Orchestrator, data_dir: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    with orch.session(POOL) as victim, orch.session(POOL) as attacker:
+        snapshots = data_dir / ".snapshots"
+        earlier = set(snapshots.iterdir()) if snapshots.exists() else set()
+        victim.call("add", vectors=rng.standard_normal((150, 384)).tolist())  # checkpointed as a snapshot file
+        (key,) = [p.name for p in set(snapshots.iterdir()) - earlier if not p.name.startswith(".")]
+        snapshot = data_dir / ".snapshots" / key
+        before = {f.name: f.read_bytes() for f in snapshot.iterdir()}
+        fill(attacker)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (data_dir / "escape").symlink_to(outside)
+        hostile = [f"x/../.snapshots/{key}", f".snapshots/{key}", "escape/stolen", "../stolen", str(outside / "abs")]
+        for path in hostile:
+            for op in ("save", "load"):
+                with pytest.raises(errors.InvalidArguments) as exc:
+                    attacker.call(op, path=path)
+                assert invalid_field(exc) == "path", (op, path, exc.value)
+        assert list(outside.iterdir()) == [] and not (data_dir / "x").exists()
+        assert not (data_dir.parent / "stolen").exists()
+        assert {f.name: f.read_bytes() for f in snapshot.iterdir()} == before
+        assert attacker.call("size") == 3 and victim.call("size") == 150  # both sessions still served
+
+
+def test_requests_past_the_limits_are_refused_and_the_actor_keeps_serving(
+    orch: orchestrator.Orchestrator, gateway: GatewayProcess
+) -> None:
+    (actor,) = actors(orch, POOL)
+    with pytest.raises(errors.InvalidArguments) as exc:
+        orch.call(POOL, "embed", texts=["x"] * 2049)
+    assert invalid_field(exc) == "texts" and "(options.max_inputs)" in exc.value.message
+    with pytest.raises(errors.InvalidArguments) as exc:
+        orch.call(POOL, "embed", texts=["ok", "y" * 32_769])
+    assert invalid_field(exc) == "texts.1" and "(options.max_input_chars)" in exc.value.message
+    with orch.session(POOL) as index:
+        fill(index)
+        with pytest.raises(errors.InvalidArguments) as exc:
+            index.call("search", query="x", k=1001)
+        assert invalid_field(exc) == "k" and "(options.max_k)" in exc.value.message
+        with pytest.raises(errors.InvalidArguments) as exc:
+            index.call("add", docs=["x"] * 2049)
+        assert invalid_field(exc) == "docs" and index.call("size") == 3
+    response = httpx.post(f"{gateway.url}/v1/pools/{POOL}/ops/embed", json={"texts": ["x"] * 2049}, timeout=60)
+    assert response.status_code == 422 and response.json()["error"]["detail"][0]["field"] == "texts"
+    assert len(orch.call(POOL, "embed", texts=["x"] * 2048)) == 2048  # at the limit: served
+    assert [a["pid"] for a in actors(orch, POOL)] == [actor["pid"]]
 
 
 def test_bad_input_is_invalid_arguments_naming_the_field(orch: orchestrator.Orchestrator) -> None:

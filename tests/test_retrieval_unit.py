@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from orchestrator.contract import Context
 from orchestrator.errors import InvalidArguments, InvalidConfig
 from workers.retrieval import Retrieval
+from workers.retrieval import index as index_module
 from workers.retrieval.embedder import bundled_minilm
 from workers.retrieval.index import VectorIndex
 
@@ -170,6 +171,72 @@ def test_add_checks_lengths_and_needs_something(worker: Retrieval) -> None:
     assert field_of(exc) == "docs"
 
 
+def test_add_with_vectors_checks_ids_before_changing_the_index(worker: Retrieval) -> None:
+    ctx = session()
+    worker.add(ctx, docs=["one doc"], ids=["one"])
+    with pytest.raises(InvalidArguments) as exc:
+        worker.add(ctx, vectors=[ROW, ROW], ids=["only-one"])
+    assert field_of(exc) == "ids"
+    assert worker.size(ctx) == 1 and worker.search(ctx, query="doc")["ids"] == ["one"]
+
+
+LONG = "y" * 32_769  # one past the default options.max_input_chars
+MANY = ["x"] * 2049  # one past the default options.max_inputs (OpenAI's 2048)
+ROW = [0.0] * 384
+
+
+@pytest.fixture()
+def embedded(worker: Retrieval, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many texts each call handed the (real) model."""
+    seen: list[int] = []
+    real = worker.embedder.encode_counted
+
+    def recording(texts: list[str], *args: Any, **kwargs: Any) -> Any:
+        seen.append(len(texts))
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(worker.embedder, "encode_counted", recording)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "field", "option"),
+    [
+        ("embed", {"texts": MANY}, "texts", "max_inputs"),
+        ("embed", {"texts": ["ok", LONG]}, "texts.1", "max_input_chars"),
+        ("embeddings", {"texts": MANY}, "texts", "max_inputs"),
+        ("embeddings", {"texts": [LONG]}, "texts.0", "max_input_chars"),
+        ("add", {"docs": MANY}, "docs", "max_inputs"),
+        ("add", {"docs": ["ok", "fine", LONG]}, "docs.2", "max_input_chars"),
+        ("add", {"docs": [LONG], "vectors": [ROW]}, "docs.0", "max_input_chars"),  # stored, so bounded too
+        ("add", {"vectors": [ROW] * 2049}, "vectors", "max_inputs"),
+        ("search", {"query": LONG}, "query", "max_input_chars"),
+        ("search", {"queries": MANY}, "queries", "max_inputs"),
+        ("search", {"queries": ["ok", LONG]}, "queries.1", "max_input_chars"),
+        ("search", {"vectors": [ROW] * 2049}, "vectors", "max_inputs"),
+        ("search", {"query": "ok", "k": 1001}, "k", "max_k"),
+    ],
+)
+def test_requests_past_the_pool_limits_are_refused_before_any_work(
+    worker: Retrieval, embedded: list[int], op: str, args: dict[str, Any], field: str, option: str
+) -> None:
+    ctx = session()
+    worker.add(ctx, docs=["one doc"], ids=["one"])
+    assert embedded == [1]
+    method = getattr(worker, op)
+    with pytest.raises(InvalidArguments) as exc:
+        method(ctx, **args) if op in ("add", "search") else method(**args)
+    assert field_of(exc) == field and f"(options.{option})" in exc.value.message, exc.value.message
+    assert embedded == [1] and worker.size(ctx) == 1  # nothing embedded, nothing added
+    assert worker.search(ctx, query="ok", k=1000)["ids"] == ["one"]  # at the limits: served
+
+
+def test_limits_must_be_positive() -> None:
+    for option in ("max_inputs", "max_input_chars", "max_k"):
+        with pytest.raises(InvalidConfig, match=rf"options\.{option}: must be >= 1"):
+            Retrieval(device="cpu", **{option: 0})
+
+
 def test_save_load_round_trip_stays_under_data_dir(worker: Retrieval) -> None:
     ctx = session()
     worker.add(ctx, docs=TEXTS[:3], ids=["a", "b", "c"], metadata=[{"n": 1}, {"n": 2}, {"n": 3}])
@@ -185,6 +252,87 @@ def test_save_load_round_trip_stays_under_data_dir(worker: Retrieval) -> None:
         assert field_of(exc) == "path"
     with pytest.raises(InvalidArguments, match="no saved index"):
         worker.load(other, "indexes/missing")
+
+
+def test_save_and_load_never_touch_files_outside_data_dir(worker: Retrieval, tmp_path: Path) -> None:
+    ctx = session()
+    worker.add(ctx, docs=TEXTS[:2], ids=["a", "b"])
+    snapshot = worker.data_dir / ".snapshots" / "someone-elses"
+    snapshot.mkdir(parents=True)
+    (snapshot / "rows.json").write_text("theirs")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (worker.data_dir / "escape").symlink_to(outside)
+    hostile = ["x/../.snapshots/someone-elses", ".snapshots/someone-elses", "escape/stolen", str(outside / "abs")]
+    for path in hostile:
+        for op in (worker.save, worker.load):
+            with pytest.raises(InvalidArguments) as exc:
+                op(ctx, path)
+            assert field_of(exc) == "path" and exc.value.op == op.__name__, (path, exc.value)
+    assert list(outside.iterdir()) == [] and not (worker.data_dir / "x").exists()
+    assert [p.name for p in snapshot.iterdir()] == ["rows.json"] and (snapshot / "rows.json").read_text() == "theirs"
+    assert worker.size(ctx) == 2  # the session's own index is untouched
+
+
+def integer_corpus(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors whose scores float32 computes exactly in any order (small integers plus row / 4096: distinct),
+    so scoring in blocks must give bit-identical results."""
+    rng = np.random.default_rng(seed)
+    docs = np.hstack([rng.integers(-3, 4, (n, 7)), np.arange(n)[:, None]]).astype(np.float32)
+    asks = np.hstack([rng.integers(-3, 4, (queries, 7)), np.full((queries, 1), 1 / 4096)]).astype(np.float32)
+    return docs, asks
+
+
+@pytest.mark.parametrize("where", [None, {"even": True}])
+def test_exact_search_scores_in_bounded_blocks_with_identical_results(
+    monkeypatch: pytest.MonkeyPatch, where: dict[str, Any] | None
+) -> None:
+    import torch
+
+    docs, queries = integer_corpus(2_000, 100)
+    index = VectorIndex(8)
+    index.add(docs, [None] * len(docs), metadata=[{"even": i % 2 == 0} for i in range(len(docs))])
+    whole = index.search(queries, 10, where, exact=True)  # 100 x 2000 scores: one block by default
+    budget = 7 * 2_000 * 4  # room for 7 queries' scores
+    monkeypatch.setattr(index_module, "SCORE_BLOCK_BYTES", budget)
+    shapes: list[tuple[int, ...]] = []
+    real_topk = torch.topk
+
+    def recording_topk(scores: Any, *args: Any, **kwargs: Any) -> Any:
+        shapes.append(tuple(scores.shape))
+        return real_topk(scores, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "topk", recording_topk)
+    blocked = index.search(queries, 10, where, exact=True)
+    assert blocked == whole
+    width = 2_000 if where is None else 1_000  # the filter scores only the matching rows
+    assert [rows for rows, _ in shapes] == [budget // (4 * width)] * (len(shapes) - 1) + [shapes[-1][0]]
+    assert sum(rows for rows, _ in shapes) == 100 and max(rows * cols * 4 for rows, cols in shapes) <= budget
+
+
+def test_faiss_search_asks_for_candidates_in_bounded_blocks_with_identical_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import faiss
+
+    docs, queries = integer_corpus(2_000, 60, seed=1)
+    index = VectorIndex(8, faiss_min_docs=1_000, oversample=4)
+    index.add(docs, [None] * len(docs))
+    whole = index.search(queries, 10)
+    assert index.uses_faiss
+    want = 10 * 4
+    budget = 5 * want * 12  # 5 queries' candidates (a float32 score and an int64 label each)
+    monkeypatch.setattr(index_module, "SCORE_BLOCK_BYTES", budget)
+    asked: list[int] = []
+    real_search = faiss.IndexIVFFlat.search
+
+    def recording_search(self: Any, x: np.ndarray, k: int, *args: Any, **kwargs: Any) -> Any:
+        asked.append(len(x) * k * 12)
+        return real_search(self, x, k, *args, **kwargs)
+
+    monkeypatch.setattr(faiss.IndexIVFFlat, "search", recording_search)
+    assert index.search(queries, 10) == whole
+    assert len(asked) == 12 and max(asked) <= budget
 
 
 def test_large_index_pickles_as_a_snapshot(tmp_path: Path) -> None:

@@ -231,8 +231,11 @@ class TransformersBackend:
         return self.model
 
     def load_adapter(self, name: str, path: str) -> None:
-        """Load a peft LoRA adapter from ``path`` under ``name``."""
+        """Load a peft LoRA adapter from ``path`` under ``name``, replacing one of that name
+        (if the new one then fails to load, ``name`` is no longer served)."""
         with self.lock:
+            if name in self.adapters:  # drop the old one whole: peft would pour new weights into its old shapes
+                self._drop(name)
             if not self.adapters:
                 peft: Any = importlib.import_module("peft")
                 self.model = peft.PeftModel.from_pretrained(self.base, path, adapter_name=name)
@@ -244,11 +247,14 @@ class TransformersBackend:
     def unload_adapter(self, name: str) -> None:
         """Drop an adapter (the base model stays)."""
         with self.lock:
-            self.model.delete_adapter(name)
-            del self.adapters[name]
-            if not self.adapters:
-                self.base = self.model.unload()
-                self.model = self.base
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        self.model.delete_adapter(name)
+        del self.adapters[name]
+        if not self.adapters:
+            self.base = self.model.unload()
+            self.model = self.base
 
     def close(self) -> None:
         """Stop the generation thread."""

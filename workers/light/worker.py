@@ -6,6 +6,11 @@ Ops: ``generate`` / ``generate_stream`` (prompts), ``chat`` / ``chat_stream``
 A result is ``{"model", "choices": [{"index", "text", "finish_reason"}],
 "usage": {...}, "batch_size"}``; a streaming op yields ``{"index", "text"}``
 deltas (and ``finish_reason`` when a choice ends) and returns the same result.
+
+What a client may ask is bounded before any work starts: a request's rows
+(prompts x ``n``) fit one batch (``max_batch``), ``load_adapter`` reads only
+under ``adapter_dir`` (:func:`~orchestrator.contract.confined_path`), and an
+actor holds at most ``max_adapters`` adapters.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator import Context, Worker, op
-from orchestrator.errors import InvalidArguments
+from orchestrator.contract import confined_path
+from orchestrator.errors import InvalidArguments, InvalidConfig
 from orchestrator.models.tiny import TINY_NAME, build_tiny_model, default_tiny_dir
 from workers.light.batching import Job
 from workers.light.params import (
@@ -38,6 +46,7 @@ from workers.light.params import (
 
 Result = dict[str, Any]
 Events = Generator[dict[str, Any], None, Result]
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}", re.ASCII)  # served as the model name <pool>/<name>
 
 
 def looks_like_path(model: str) -> bool:
@@ -76,12 +85,15 @@ class Light(Worker):
     - ``backend``: ``auto`` (vLLM when it imports and CUDA is present), ``transformers`` or ``vllm``.
     - ``device``/``dtype``: transformers placement (``auto``: CUDA + bfloat16 if present, else CPU + float32).
     - ``max_batch``/``batch_window_ms``: rows per ``generate`` call, and how long to wait for company
-      when requests overlap (set ``limits.concurrency`` >= ``max_batch`` so they can).
+      when requests overlap (set ``limits.concurrency`` >= ``max_batch`` so they can). One request
+      (prompts x ``n``) may not exceed ``max_batch`` rows.
     - ``max_tokens_default``: for requests that give no ``max_tokens`` (capped by the context).
     - ``max_model_len``: override the context length.
     - ``gpu_memory_utilization``: the GPU share (default: the pool's ``num_gpus``; vLLM takes 0.9 of it).
     - ``threads``: torch CPU threads (Ray gives an actor one unless told otherwise).
-    - ``adapters``: ``{name: path}`` LoRA adapters loaded at start, on every actor.
+    - ``adapters``: ``{name: path}`` LoRA adapters loaded at start, on every actor (any path: the operator's).
+    - ``adapter_dir``: the folder a client's ``load_adapter`` paths are relative to (nothing outside it loads).
+    - ``max_adapters``: adapters one actor holds at most, ``adapters`` included.
     """
 
     def __init__(
@@ -100,7 +112,17 @@ class Light(Worker):
         adapters: dict[str, str] | None = None,
         trust_remote_code: bool = False,
         tiny_dir: str | None = None,
+        adapter_dir: str = "~/.cache/orchestrator/adapters",
+        max_adapters: int = 8,
     ) -> None:
+        if max_batch < 1:
+            raise InvalidConfig(f"options.max_batch: must be >= 1, got {max_batch}")
+        if max_adapters < 0:
+            raise InvalidConfig(f"options.max_adapters: must be >= 0, got {max_adapters}")
+        if len(adapters or {}) > max_adapters:
+            raise InvalidConfig(
+                f"options.adapters: {len(adapters or {})} adapters; options.max_adapters is {max_adapters}"
+            )
         if not model:  # nothing configured: serve the tiny local model (works offline)
             model = str(build_tiny_model(tiny_dir or default_tiny_dir()))
             name = name or TINY_NAME
@@ -111,6 +133,10 @@ class Light(Worker):
             model = str(path.resolve())
         self.name = name or (Path(model).name if looks_like_path(model) else model)
         self.max_tokens_default = max_tokens_default
+        self.max_batch = max_batch
+        self.adapter_dir = Path(adapter_dir).expanduser().resolve()
+        self.max_adapters = max_adapters
+        self.adapter_lock = threading.Lock()  # the adapter count is checked and changed as one step
         if threads:
             importlib.import_module("torch").set_num_threads(threads)
         self.backend_name = choose_backend(backend)
@@ -142,7 +168,11 @@ class Light(Worker):
                 trust_remote_code=trust_remote_code,
             )
         for adapter, adapter_path in (adapters or {}).items():
-            self.load_adapter(adapter, adapter_path)
+            path = Path(adapter_path).expanduser()
+            if not path.exists() or adapter == self.name:
+                problem = "is the base model's name" if path.exists() else f"{adapter_path} does not exist"
+                raise InvalidConfig(f"options.adapters.{adapter}: {problem}")
+            self._load_adapter(adapter, path.resolve())
 
     # ---------------------------------------------------------------- catalogue
     @op
@@ -173,14 +203,19 @@ class Light(Worker):
 
     @op
     def load_adapter(self, name: str, path: str) -> list[dict[str, Any]]:
-        """Load a LoRA adapter (peft format) from ``path``; it is served as model ``name``."""
-        if name == self.name:
-            raise InvalidArguments(f"{name!r} is the base model's name", detail=[{"field": "name", "message": "taken"}])
-        if not Path(path).expanduser().exists():
-            raise InvalidArguments(
-                f"adapter path {path} does not exist", detail=[{"field": "path", "message": "does not exist"}]
+        """Load a LoRA adapter (peft format) from ``path``, relative to the pool's ``adapter_dir``; it is served
+        as model ``name``. Loading a name again replaces that adapter."""
+        if not ADAPTER_NAME.fullmatch(name):
+            raise _invalid(
+                "name",
+                f"{name!r} is not a model name (a letter or digit, then up to 127 of: letters, digits, _ . : -)",
+                "load_adapter",
             )
-        self.backend.load_adapter(name, str(Path(path).expanduser().resolve()))
+        resolved = confined_path(self.adapter_dir, path, "path", "load_adapter")
+        if not (resolved / "adapter_config.json").is_file():
+            message = f"no LoRA adapter (adapter_config.json) at {path!r} under options.adapter_dir"
+            raise _invalid("path", message, "load_adapter")
+        self._load_adapter(name, resolved)
         return self.models()
 
     @op
@@ -190,6 +225,20 @@ class Light(Worker):
             raise _model_not_found(name, self.models())
         self.backend.unload_adapter(name)
         return self.models()
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        """Load adapter ``name`` from ``path`` (trusted: confined, or the operator's) if this actor has room."""
+        if name == self.name:
+            raise _invalid("name", f"{name!r} is the base model's name", "load_adapter")
+        with self.adapter_lock:
+            held = len(self.backend.adapters)
+            if name not in self.backend.adapters and held >= self.max_adapters:
+                message = (
+                    f"this actor holds {held} adapters; this pool takes at most {self.max_adapters} "
+                    "(options.max_adapters): unload one first"
+                )
+                raise _invalid("name", message, "load_adapter")
+            self.backend.load_adapter(name, str(path))
 
     # --------------------------------------------------------------- generation
     @op
@@ -295,6 +344,7 @@ class Light(Worker):
         n: int,
     ) -> tuple[Job, dict[str, int]]:
         check_sampling(max_tokens, temperature, top_p, n)
+        self._check_rows(len(prompts), n)
         adapter = self._adapter(ctx, model)
         stops = normalize_stop(stop)
         rows: list[Row] = []
@@ -307,6 +357,17 @@ class Light(Worker):
                 rows.append(Row(len(rows), ids, limit, temperature, top_p, row_seed(seed, choice), stops))
         job = self.backend.submit(Job(rows, adapter, lambda: ctx.cancelled))
         return job, {"prompt_tokens": prompt_tokens}
+
+    def _check_rows(self, prompts: int, n: int) -> None:
+        """One request is one batch at most: ``prompts`` x ``n`` rows within ``max_batch``."""
+        if prompts * n <= self.max_batch:
+            return
+        field = "prompt" if prompts > self.max_batch else "n"
+        message = (
+            f"{prompts} prompt(s) x n={n} is {prompts * n} rows; this pool takes at most {self.max_batch} "
+            "per request (options.max_batch)"
+        )
+        raise _invalid(field, message)
 
     def close(self) -> None:
         """Stop the backend's threads."""
@@ -328,6 +389,11 @@ def _prompts(prompt: str | list[str]) -> list[str]:
     if not prompts:
         raise InvalidArguments("prompt: at least one prompt", detail=[{"field": "prompt", "message": "empty list"}])
     return prompts
+
+
+def _invalid(field: str, message: str, op: str | None = None) -> InvalidArguments:
+    """An invalid_arguments error naming ``field``."""
+    return InvalidArguments(f"{field}: {message}", op=op, detail=[{"field": field, "message": message}])
 
 
 def _model_not_found(model: str, models: list[dict[str, Any]]) -> InvalidArguments:

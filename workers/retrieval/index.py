@@ -6,6 +6,8 @@ Scores are inner products (cosine for normalized vectors). Past
 candidates and the exact scores of those candidates rank them. Filters are
 applied before exact search and on the candidates for FAISS (falling back to
 exact search over the matching rows when FAISS finds too few of them).
+Both score the queries in blocks, so a search holds at most about
+``SCORE_BLOCK_BYTES`` of scores at once however many queries and rows meet.
 
 Pickling an index (the host does it after each session call, to checkpoint the
 session) keeps the rows inline while they are few; past ``snapshot_min_docs``
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 from orchestrator.errors import InvalidArguments
 
 FORMAT = 1
+SCORE_BLOCK_BYTES = 64 << 20  # scores (queries x rows) one search step holds at once
 OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
 
 
@@ -41,6 +44,13 @@ def check_filter(where: dict[str, Any], field: str = "filter") -> None:
             for name in cond:
                 if name not in OPERATORS:
                     raise bad(f"{field}.{key}", f"unknown operator {name!r} (known: {', '.join(OPERATORS)})")
+
+
+def query_blocks(count: int, width: int, item_bytes: int = 4) -> Iterator[slice]:
+    """Slices of ``count`` queries whose ``width`` results each fit ``SCORE_BLOCK_BYTES`` (one query at least)."""
+    step = max(1, SCORE_BLOCK_BYTES // max(1, width * item_bytes))
+    for start in range(0, count, step):
+        yield slice(start, start + step)
 
 
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -208,31 +218,37 @@ class VectorIndex:
             docs = self._device_matrix if rows is None else self._device_matrix[torch.from_numpy(rows).to(device)]
         else:
             docs = torch.from_numpy(matrix if rows is None else matrix[rows])
-        scores = torch.from_numpy(queries).to(docs.device) @ docs.T
-        top = torch.topk(scores, min(k, docs.shape[0]), dim=1)
-        values, index = top.values.cpu().numpy(), top.indices.cpu().numpy()
-        if rows is not None:
-            index = rows[index]
-        return [[(int(r), float(s)) for r, s in zip(ri, si, strict=True)] for ri, si in zip(index, values, strict=True)]
+        results: list[list[tuple[int, float]]] = []
+        for block in query_blocks(len(queries), docs.shape[0]):
+            scores = torch.from_numpy(queries[block]).to(docs.device) @ docs.T
+            top = torch.topk(scores, min(k, docs.shape[0]), dim=1)
+            values, index = top.values.cpu().numpy(), top.indices.cpu().numpy()
+            if rows is not None:
+                index = rows[index]
+            results.extend(
+                [(int(r), float(s)) for r, s in zip(ri, si, strict=True)] for ri, si in zip(index, values, strict=True)
+            )
+        return results
 
     def _approximate(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None, device: str
     ) -> list[list[tuple[int, float]]]:
         ivf = self._ivf()
         want = min(len(self), k * self.oversample * (4 if allowed is not None else 1))
-        _, candidates = ivf.search(queries, want)
         matrix = self.matrix()
         results: list[list[tuple[int, float]]] = []
-        for q, rows in zip(queries, candidates, strict=True):
-            rows = rows[rows >= 0]
-            if allowed is not None:
-                rows = rows[allowed[rows]]
-                if len(rows) < k:  # the filter is selective: search its rows exactly
-                    results.extend(self._exact(q[None, :], k, allowed, device))
-                    continue
-            exact = matrix[rows] @ q  # re-rank the candidates by their exact scores
-            best = np.argsort(-exact)[:k]
-            results.append([(int(rows[i]), float(exact[i])) for i in best])
+        for block in query_blocks(len(queries), want, item_bytes=12):  # FAISS gives a float32 and an int64 each
+            _, candidates = ivf.search(queries[block], want)
+            for q, rows in zip(queries[block], candidates, strict=True):
+                rows = rows[rows >= 0]
+                if allowed is not None:
+                    rows = rows[allowed[rows]]
+                    if len(rows) < k:  # the filter is selective: search its rows exactly
+                        results.extend(self._exact(q[None, :], k, allowed, device))
+                        continue
+                exact = matrix[rows] @ q  # re-rank the candidates by their exact scores
+                best = np.argsort(-exact)[:k]
+                results.append([(int(rows[i]), float(exact[i])) for i in best])
         return results
 
     def _ivf(self) -> Any:

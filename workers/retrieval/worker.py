@@ -6,19 +6,24 @@ Stateless: ``embed``, ``embeddings`` (for the OpenAI route), ``info``. In a sess
 :class:`VectorIndex` checkpointed after each call): ``add``, ``search``,
 ``delete``, ``size``, ``clear``, ``save``, ``load``. Paths given to ``save``
 and ``load`` are relative to the pool's ``data_dir`` (a client can never name
-a file outside it).
+a file outside it: :func:`~orchestrator.contract.confined_path`).
+
+Every call is bounded before any work starts: at most ``max_inputs`` texts or
+vectors, ``max_input_chars`` characters per text and ``max_k`` results per
+query; a request past a bound is ``invalid_arguments`` naming the field and
+the option.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from orchestrator import Context, Worker, op
+from orchestrator.contract import confined_path
 from orchestrator.errors import InvalidConfig
 from workers.retrieval.embedder import Embedder
 from workers.retrieval.index import VectorIndex, bad, check_filter
@@ -41,6 +46,9 @@ class Retrieval(Worker):
         oversample: int = 4,
         snapshot_min_docs: int = 10_000,
         data_dir: str = "~/.cache/orchestrator/retrieval",
+        max_inputs: int = 2048,
+        max_input_chars: int = 32_768,
+        max_k: int = 1000,
     ) -> None:
         """Options (pools.yaml ``options``):
 
@@ -54,9 +62,18 @@ class Retrieval(Worker):
         oversample: FAISS candidates per result, re-ranked exactly.
         snapshot_min_docs: indexes this large are checkpointed as snapshot files, not inline.
         data_dir: the directory ``save``/``load`` paths (and snapshots) live under.
+        max_inputs: texts (or vectors) per call, for ``embed``, ``embeddings``, ``add`` and ``search`` (OpenAI's 2048).
+        max_input_chars: characters per text.
+        max_k: results per query of ``search``.
         """
-        if batch_size < 1:
-            raise InvalidConfig(f"options.batch_size: must be >= 1, got {batch_size}")
+        for option, value in (
+            ("batch_size", batch_size),
+            ("max_inputs", max_inputs),
+            ("max_input_chars", max_input_chars),
+            ("max_k", max_k),
+        ):
+            if value < 1:
+                raise InvalidConfig(f"options.{option}: must be >= 1, got {value}")
         if faiss_min_docs < 1 or oversample < 1:
             raise InvalidConfig("options.faiss_min_docs and options.oversample: must be >= 1")
         if threads is not None:
@@ -65,6 +82,7 @@ class Retrieval(Worker):
             torch.set_num_threads(threads)
         self.embedder = Embedder(model, device, batch_size, tokenizer_threads, gpu_memory_fraction)
         self.data_dir = Path(data_dir).expanduser().resolve()
+        self.max_inputs, self.max_input_chars, self.max_k = max_inputs, max_input_chars, max_k
         self.index_options: dict[str, Any] = {
             "faiss_min_docs": faiss_min_docs,
             "oversample": oversample,
@@ -128,10 +146,13 @@ class Retrieval(Worker):
         """
         if docs is None and vectors is None:
             raise bad("docs", "give docs (texts to embed) or vectors (precomputed embeddings)", "add")
-        count = len(docs) if docs is not None else len(vectors or [])
+        if docs is not None:
+            self._check_texts(docs, "docs")  # stored even when vectors are given, so bounded as well
+        what = "docs" if docs is not None else "vectors"
+        count = len(docs if docs is not None else vectors or [])
         for name, given in (("ids", ids), ("metadata", metadata), ("vectors", vectors)):
-            if given is not None and docs is not None and len(given) != count:
-                raise bad(name, f"has {len(given)} items for {count} docs", "add")
+            if given is not None and len(given) != count:  # checked before the index changes: add is all or nothing
+                raise bad(name, f"has {len(given)} items for {count} {what}", "add")
         if vectors is not None:
             matrix = self._matrix(vectors, "vectors")
         else:
@@ -164,6 +185,8 @@ class Retrieval(Worker):
             raise bad("query", f"give exactly one of query, queries or vectors (got {which})", "search")
         if k <= 0:
             raise bad("k", f"must be a positive number of results, got {k}", "search")
+        if k > self.max_k:
+            raise bad("k", f"{k} results; this pool returns at most {self.max_k} per query (options.max_k)", "search")
         if filter:
             check_filter(filter)
         if vectors is not None:
@@ -204,23 +227,33 @@ class Retrieval(Worker):
     @op(session=True)
     def save(self, ctx: Context, path: str) -> dict[str, Any]:
         """Save the session's index under the pool's ``data_dir`` (a directory: vectors.npy + rows.json)."""
-        return {**self._index(ctx).save(self._path(path)), "path": path}
+        return {**self._index(ctx).save(confined_path(self.data_dir, path, "path", "save")), "path": path}
 
     @op(session=True)
     def load(self, ctx: Context, path: str) -> dict[str, Any]:
         """Replace the session's index with one saved under ``data_dir``; returns its size."""
         index = self._index(ctx)
-        index.load(self._path(path))
+        index.load(confined_path(self.data_dir, path, "path", "load"))
         return {"path": path, "size": len(index)}
 
     # ------------------------------------------------------------- internals
     def _encode(self, texts: list[str], field: str, normalize: bool, batch_size: int | None) -> tuple[np.ndarray, int]:
-        """Embeddings and the tokens read; an empty list or a bad batch size is an error naming the field."""
-        if not texts:
-            raise bad(field, "must hold at least one string, got an empty list")
+        """Embeddings and the tokens read; bad texts or a bad batch size are errors naming the field."""
+        self._check_texts(texts, field)
         if batch_size is not None and batch_size < 1:
             raise bad("batch_size", f"must be >= 1, got {batch_size}")
         return self.embedder.encode_counted(texts, normalize, batch_size)
+
+    def _check_texts(self, texts: list[str], field: str) -> None:
+        """At least one text, at most ``max_inputs``, each at most ``max_input_chars`` (``field.i`` names it)."""
+        if not texts:
+            raise bad(field, "must hold at least one string, got an empty list")
+        self._check_count(len(texts), field)
+        for i, text in enumerate(texts):
+            if len(text) > self.max_input_chars:
+                where = field if field == "query" else f"{field}.{i}"  # a single query is not a list
+                limit = f"this pool takes at most {self.max_input_chars} per text (options.max_input_chars)"
+                raise bad(where, f"{len(text)} characters; {limit}")
 
     @staticmethod
     def _encoded(vectors: np.ndarray, encoding: str) -> list[list[float]] | list[str]:
@@ -232,26 +265,22 @@ class Retrieval(Worker):
     def _matrix(self, vectors: list[list[float]], field: str) -> np.ndarray:
         if not vectors:
             raise bad(field, "must hold at least one vector, got an empty list")
+        self._check_count(len(vectors), field)
         dim = self.embedder.dim
         for i, row in enumerate(vectors):
             if len(row) != dim:
                 raise bad(f"{field}.{i}", f"expected {dim} numbers (the model's dimension), got {len(row)}")
         return np.asarray(vectors, dtype=np.float32)
 
+    def _check_count(self, count: int, field: str) -> None:
+        if count > self.max_inputs:
+            raise bad(field, f"{count} inputs; this pool takes at most {self.max_inputs} per call (options.max_inputs)")
+
     def _index(self, ctx: Context) -> VectorIndex:
         index = ctx.state.get("index")
         if not isinstance(index, VectorIndex):
             index = ctx.state["index"] = VectorIndex(self.embedder.dim, **self.index_options)
         return index
-
-    def _path(self, path: str) -> Path:
-        """``path`` under ``data_dir``; absolute paths and ``..`` escapes are refused."""
-        if not path or os.path.isabs(path):
-            raise bad("path", f"must be a relative path under the pool's data_dir, got {path!r}")
-        resolved = (self.data_dir / path).resolve()
-        if not resolved.is_relative_to(self.data_dir) or resolved == self.data_dir or path.startswith("."):
-            raise bad("path", f"{path!r} leaves the pool's data_dir (or names a hidden entry)")
-        return resolved
 
     @staticmethod
     def _hits(index: VectorIndex, pairs: list[tuple[int, float]]) -> Hits:
