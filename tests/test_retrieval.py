@@ -166,6 +166,9 @@ def test_requests_past_the_limits_are_refused_and_the_actor_keeps_serving(
         assert invalid_field(exc) == "docs" and index.call("size") == 3
     response = httpx.post(f"{gateway.url}/v1/pools/{POOL}/ops/embed", json={"texts": ["x"] * 2049}, timeout=60)
     assert response.status_code == 422 and response.json()["error"]["detail"][0]["field"] == "texts"
+    flood = {"model": f"{POOL}/minilm", "input": ["x"] * 200_000}  # the measured hole: held the actor 120 s, then 504
+    response = httpx.post(f"{gateway.url}/v1/embeddings", json=flood, timeout=60)
+    assert response.status_code == 422 and "options.max_inputs" in response.json()["error"]["message"]
     assert len(orch.call(POOL, "embed", texts=["x"] * 2048)) == 2048  # at the limit: served
     assert [a["pid"] for a in actors(orch, POOL)] == [actor["pid"]]
 
