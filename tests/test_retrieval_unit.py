@@ -215,6 +215,7 @@ def embedded(worker: Retrieval, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         ("search", {"queries": ["ok", LONG]}, "queries.1", "max_input_chars"),
         ("search", {"vectors": [ROW] * 2049}, "vectors", "max_inputs"),
         ("search", {"query": "ok", "k": 1001}, "k", "max_k"),
+        ("search", {"queries": ["ok"] * 101, "k": 1000}, "k", "max_hits"),
     ],
 )
 def test_requests_past_the_pool_limits_are_refused_before_any_work(

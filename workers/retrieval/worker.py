@@ -49,6 +49,7 @@ class Retrieval(Worker):
         max_inputs: int = 2048,
         max_input_chars: int = 32_768,
         max_k: int = 1000,
+        max_hits: int = 100_000,
     ) -> None:
         """Options (pools.yaml ``options``):
 
@@ -65,12 +66,14 @@ class Retrieval(Worker):
         max_inputs: texts (or vectors) per call, for ``embed``, ``embeddings``, ``add`` and ``search`` (OpenAI's 2048).
         max_input_chars: characters per text.
         max_k: results per query of ``search``.
+        max_hits: results per ``search`` call (queries x ``k``), which bounds the answer's size.
         """
         for option, value in (
             ("batch_size", batch_size),
             ("max_inputs", max_inputs),
             ("max_input_chars", max_input_chars),
             ("max_k", max_k),
+            ("max_hits", max_hits),
         ):
             if value < 1:
                 raise InvalidConfig(f"options.{option}: must be >= 1, got {value}")
@@ -83,6 +86,7 @@ class Retrieval(Worker):
         self.embedder = Embedder(model, device, batch_size, tokenizer_threads, gpu_memory_fraction)
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.max_inputs, self.max_input_chars, self.max_k = max_inputs, max_input_chars, max_k
+        self.max_hits = max_hits
         self.index_options: dict[str, Any] = {
             "faiss_min_docs": faiss_min_docs,
             "oversample": oversample,
@@ -187,6 +191,10 @@ class Retrieval(Worker):
             raise bad("k", f"must be a positive number of results, got {k}", "search")
         if k > self.max_k:
             raise bad("k", f"{k} results; this pool returns at most {self.max_k} per query (options.max_k)", "search")
+        count = 1 if query is not None else len(queries if queries is not None else vectors or [])
+        if count * k > self.max_hits:
+            message = f"{count} queries x k={k} = {count * k} results; at most {self.max_hits} (options.max_hits)"
+            raise bad("k", message, "search")
         if filter:
             check_filter(filter)
         if vectors is not None:
