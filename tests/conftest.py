@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """A local Ray with room for many small actors and two logical GPUs."""
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # metrics reach the export port within ~1 s
     ray.init(num_cpus=16, num_gpus=2, include_dashboard=False, log_to_driver=False, namespace="tests")
     yield
     ray.shutdown()
@@ -83,6 +84,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
 def actors(orch: orchestrator.Orchestrator, pool: str) -> list[dict[str, Any]]:
     """The pool's actor slots as status reports them."""
     return list(orch.status()[pool]["actors"])
+
+
+def coordinator_pid(orch: orchestrator.Orchestrator) -> int:
+    """The coordinator actor's process id."""
+    return int(ray.get(orch.coordinator.__ray_call__.remote(lambda self: os.getpid())))
 
 
 def kill_pid(pid: int) -> None:

@@ -17,12 +17,7 @@ import ray
 
 import orchestrator
 from orchestrator import errors
-from tests.conftest import Start, actors, kill_and_wait_restart, kill_pid, toolbox, wait_until
-
-
-def coordinator_pid(orch: orchestrator.Orchestrator) -> int:
-    """The coordinator actor's process id."""
-    return int(ray.get(orch.coordinator.__ray_call__.remote(lambda self: os.getpid())))
+from tests.conftest import Start, actors, coordinator_pid, kill_and_wait_restart, kill_pid, toolbox, wait_until
 
 
 def trial_numbers(events: list[tuple[int, Any]]) -> list[int]:

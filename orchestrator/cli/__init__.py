@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_command(sub, "down", cmd_down)
     status = add_command(sub, "status", cmd_status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (default 2)")
     add_op_arguments(add_command(sub, "call", cmd_call))
     sessions = add_command(sub, "sessions", cmd_sessions)
     sessions.add_argument("--pool", default=None)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from orchestrator.cli.render import as_json, say, sessions_table, status_table
-from orchestrator.errors import InvalidArguments
+from orchestrator.errors import InvalidArguments, OrchestratorError
 
 if TYPE_CHECKING:
     from orchestrator.client import Client
@@ -44,11 +47,36 @@ def parse_arguments(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show pools, actors, state, sessions, queue, restarts and memory."""
+    """Show pools, actors, state, sessions, queue, what each actor runs, restarts and memory."""
     with open_client(args) as client:
+        if args.watch:
+            if args.interval <= 0:
+                raise InvalidArguments(f"--interval must be more than 0 seconds, got {args.interval:g}")
+            return watch_status(client, args.interval)
         pools = client.pools()
     say(as_json(pools, indent=2) if args.json else status_table(pools))
     return 0
+
+
+CLEAR = "\x1b[H\x1b[2J"  # ANSI: cursor home, erase the screen
+
+
+def watch_status(client: Client, interval: float) -> int:
+    """Redraw the status table in place every ``interval`` seconds until Ctrl-C (which exits 0).
+
+    A failed poll (the gateway restarting, say) is shown in the frame and retried at the next one.
+    """
+    try:
+        while True:
+            try:
+                frame = status_table(client.pools())
+            except (OrchestratorError, httpx.HTTPError) as exc:
+                frame = f"error {exc}"
+            stamp = time.strftime("%H:%M:%S")
+            say(f"{CLEAR}every {interval:g}s: orchestrator status at {client.url}   {stamp}\n\n{frame}")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_call(args: argparse.Namespace) -> int:

@@ -67,8 +67,33 @@ def pool_heading(pool: dict[str, Any]) -> str:
     return f"{pool['name']} ({with_reason(pool)}; {pool['sessions']} session(s){queue}{jobs})"
 
 
+def progress_text(progress: dict[str, Any] | None) -> str:
+    """An op's latest ``ctx.progress`` in a few characters: ``3/10`` for done/total, else ``key=value`` pairs."""
+    if not progress:
+        return ""
+    counts = progress_of(progress)
+    if counts is not None:
+        return f"{counts[0]:g}/{counts[1]:g}"
+    return " ".join(f"{key}={value}" for key, value in progress.items())
+
+
+def running_cell(actor: dict[str, Any]) -> str:
+    """What an actor runs now: each op with its progress and seconds (``trials 3/10 4s``), or ``-``."""
+    calls = [
+        " ".join(part for part in (call["op"], progress_text(call.get("progress")), f"{call['seconds']:.0f}s") if part)
+        for call in actor.get("running") or []
+    ]
+    return ", ".join(calls) or "-"
+
+
+def last_restart(actor: dict[str, Any]) -> str:
+    """Why the actor's slot last got a new actor, or ``-``."""
+    restart = actor.get("last_restart")
+    return str(restart["reason"]) if restart else "-"
+
+
 def status_table(pools: Iterable[dict[str, Any]]) -> str:
-    """Pools and their actors: a heading row per pool, then a row per actor."""
+    """Pools and their actors: a heading row per pool, then a row per actor (what it runs, why it last restarted)."""
     rows: list[Row] = []
     for pool in pools:
         rows.append(pool_heading(pool))
@@ -81,11 +106,15 @@ def status_table(pools: Iterable[dict[str, Any]]) -> str:
                     str(actor["calls"]),
                     str(actor["inflight"]),
                     str(actor["sessions"]),
+                    running_cell(actor),
                     str(actor["restarts"]),
                     human_bytes(actor["rss"]),
+                    human_bytes(actor.get("gpu_memory")),
+                    last_restart(actor),
                 ]
             )
-    columns = ("actor", "state", "pid", "calls", "busy", "sessions", "restarts", "memory")
+    columns = ["actor", "state", "pid", "calls", "busy", "sessions", "running", "restarts", "memory", "gpu memory"]
+    columns.append("last restart")
     return format_table(columns, rows, title="pools")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ class Context:
     last_progress: dict[str, Any] = field(default_factory=dict, repr=False)
     yielded: int = field(default=0, repr=False)  # events this run has yielded (jobs: for checkpoint positions)
     pending: list[Any] = field(default_factory=list, repr=False)  # job progress events, sent before the next one
+    started: float = field(default_factory=time.time, repr=False)  # when the call began (status: seconds running)
 
     @property
     def cancelled(self) -> bool:

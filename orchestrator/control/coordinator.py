@@ -31,6 +31,7 @@ from typing import Any
 
 import ray
 
+from orchestrator import metrics
 from orchestrator.config.schema import Config
 from orchestrator.control.jobs import JobRunner
 from orchestrator.control.pools import PoolState
@@ -157,6 +158,8 @@ class Coordinator:
         """Persist a checkpoint (called by actors before they answer); the write runs off the event loop."""
         await self._booted()
         await asyncio.to_thread(self.store.put_checkpoint, key, blob)
+        record = self.session_table.records.get(key.partition(":")[2])
+        metrics.checkpoint_bytes().inc(len(blob), tags={"pool": record["pool"] if record else "", "kind": "session"})
 
     async def restart_pool(self, name: str) -> Any:
         """Start a failed or stopped pool again."""

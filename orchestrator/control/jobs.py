@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import RayActorError
 
+from orchestrator import metrics
 from orchestrator.config.schema import JobOptions
 from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState
@@ -85,6 +86,7 @@ class Run:
     handle: Any
     call_id: str
     cancel: bool = False
+    progress: dict[str, Any] | None = None  # the latest ctx.progress fields of this run (job records show them)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -176,6 +178,14 @@ class JobRunner:
                 if job is not None and job["status"] not in FINISHED:
                     self._start(pool, slot, job)
             queue.extend(waiting)
+        self._gauge()
+
+    def _gauge(self) -> None:
+        """The jobs gauge: queued and running, per pool."""
+        for name in self.host.pools:
+            running = sum(1 for run in self.runs.values() if run.pool == name)
+            metrics.jobs().set(len(self.queues.get(name, ())), tags={"pool": name, "status": "queued"})
+            metrics.jobs().set(running, tags={"pool": name, "status": "running"})
 
     def _fail_queued(self, queue: deque[tuple[str, str | None]], error: OrchestratorError) -> None:
         """Jobs that will never run fail now, with why, instead of waiting forever."""
@@ -228,7 +238,7 @@ class JobRunner:
         request = (job["op"], job["args"], job["session"], None, "jobs", run.call_id)
         method = run.handle.stream.options(
             num_returns="streaming",
-            name=f"job:{job_id}",  # findable in the Ray dashboard
+            name=f"job:{run.pool}.{job['op']}:{job_id[:8]}",  # Ray's task list names the job, not `stream`
             _generator_backpressure_num_objects=pool.spec.limits.stream_buffer,
         )
         outcome: Any = None
@@ -240,9 +250,12 @@ class JobRunner:
                     outcome = item
                     break
                 position += 1
+                if isinstance(item, dict) and isinstance(item.get("progress"), dict):
+                    run.progress = {**(run.progress or {}), **item["progress"]}
                 if position <= logged:
                     continue  # re-yielded after a resume: already in the log
                 await asyncio.to_thread(self.store.append_event, job_id, position, item)
+                metrics.job_events().inc(tags={"pool": run.pool})
                 logged = self.logged[job_id] = position
                 await self._notify()
         except RayActorError as exc:
@@ -287,6 +300,7 @@ class JobRunner:
             self.queues.setdefault(pool.name, deque()).appendleft((job_id, job["session"]))
         elif fields["status"] in FINISHED:
             self.logged.pop(job_id, None)  # readers see it finished from the store
+            metrics.jobs_finished().inc(tags={"pool": pool.name, "status": fields["status"]})
         await self._notify()
         self.dispatch()
 
@@ -307,6 +321,8 @@ class JobRunner:
             return Failure(JobCancelled(f"job {job_id}: this run ended before its checkpoint was stored").to_dict())
         blob = pickle.dumps((pickle.loads(blob), position))
         await asyncio.to_thread(self.store.put_checkpoint, job_key(job_id), blob)
+        run = self.runs.get(job_id)
+        metrics.checkpoint_bytes().inc(len(blob), tags={"pool": run.pool if run else "", "kind": "job"})
         return None
 
     def _current(self, job_id: str, call_id: str) -> bool:
@@ -346,12 +362,13 @@ class JobRunner:
 
     # --------------------------------------------------------------- reading
     def get(self, job_id: str) -> Any:
-        """A job's record (without its events), or job_not_found."""
+        """A job's record (without its events), or job_not_found; a running one names its actor and latest progress."""
         job = self.store.get_job(job_id)
         if job is None:
             return Failure(JobNotFound(f"no job {job_id}").to_dict())
         run = self.runs.get(job_id)
         job["actor"] = self.host.pools[run.pool].slots[run.slot].name if run else None
+        job["progress"] = run.progress if run else None
         return job
 
     def list(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:

@@ -32,12 +32,34 @@ class ActorSlot:
     since: float = field(default_factory=time.time)
     last_ping: float = 0.0
     pinging: bool = False
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # the actor's last ping answer
+    last_restart: dict[str, Any] | None = None  # {"time", "reason"}: why the slot last got a new actor
 
     @property
     def name(self) -> str:
         """The Ray actor name operators see in the dashboard: ``<pool>-<i>`` (``.<gen>`` after a restart)."""
         return f"{self.pool}-{self.index}" if self.gen == 0 else f"{self.pool}-{self.index}.{self.gen}"
+
+    def next_generation(self, reason: str) -> None:
+        """Give the slot a new generation (its next actor), remembering why for status."""
+        self.gen += 1
+        self.last_restart = {"time": time.time(), "reason": reason}
+
+    def running(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The ops the actor ran at its last ping, longest-running first: op, call and job id, progress, seconds."""
+        now = time.time() if now is None else now
+        calls = [
+            {
+                "op": call["op"],
+                "call_id": call_id,
+                "job_id": call.get("job_id"),
+                "session": call.get("session"),
+                "progress": call.get("progress"),
+                "seconds": round(max(0.0, now - call["started"]), 1),
+            }
+            for call_id, call in (self.stats.get("running") or {}).items()
+        ]
+        return sorted(calls, key=lambda call: -call["seconds"])
 
     def status(self, sessions: int) -> dict[str, Any]:
         """The slot as status shows it."""
@@ -49,11 +71,13 @@ class ActorSlot:
             "pid": self.pid,
             "node_id": self.node_id,
             "restarts": self.gen,
+            "last_restart": self.last_restart,
             "rss": self.stats.get("rss"),
             "gpu_memory": self.stats.get("gpu_memory"),
             "calls": self.stats.get("calls", 0),
             "inflight": self.stats.get("inflight", 0),
             "sessions": sessions,
+            "running": self.running() if self.state in ("ready", "draining") else [],  # a dead actor runs nothing
         }
 
 

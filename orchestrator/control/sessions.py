@@ -21,6 +21,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
+from orchestrator import metrics
 from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, choose_session_slot
 from orchestrator.control.routing import RoutingTable
@@ -106,6 +107,7 @@ class SessionTable:
         await ask(slot.handle.open_session.remote(record["id"]))
         await asyncio.to_thread(self.store.put_session, record)
         self.records[record["id"]] = record
+        self._gauge(pool_name)
         await self.routing.bump()
         return {k: record[k] for k in ("id", "pool", "slot", "created", "ttl_s")}
 
@@ -119,6 +121,7 @@ class SessionTable:
             with contextlib.suppress(RayActorError, TimeoutError):
                 await ask(slot.handle.close_session.remote(session_id, reason))
         await asyncio.to_thread(self._forget, session_id, reason)
+        self._gauge(record["pool"])
         await self.routing.bump()
         return None
 
@@ -134,6 +137,11 @@ class SessionTable:
                 await self.close(sid, f"idle for more than {idle:g}s")
             elif record["ttl_s"] is not None and now - record["created"] > record["ttl_s"]:
                 await self.close(sid, f"ttl of {record['ttl_s']:g}s reached")
+
+    def _gauge(self, pool_name: str) -> None:
+        """The open-sessions gauge of one pool."""
+        count = sum(1 for record in self.records.values() if record["pool"] == pool_name)
+        metrics.sessions().set(count, tags={"pool": pool_name})
 
     def _forget(self, session_id: str, reason: str) -> None:
         self.store.close_session(session_id, reason)
@@ -153,6 +161,8 @@ class SessionTable:
                 row["slot"] %= len(pool.slots)
                 self.store.put_session(row)
             self.records[row["id"]] = {**row, "gen": -1, "last_used": now}
+        for name in self.pools:
+            self._gauge(name)
         return len(self.records)
 
     async def save_states(self, states: dict[str, bytes]) -> None:
@@ -190,6 +200,11 @@ class SessionTable:
             await self._lose(sid, f"{LOST}its checkpoint could not be loaded ({why}); quarantined")
         restored = len(states) - len(bad)
         pool.event("sessions_restored", slot.name, f"{restored} restored, {len(lost) + len(bad)} lost")
+        if restored:  # Ray's counters refuse an increment of 0
+            metrics.sessions_restored().inc(restored, tags={"pool": pool.name})
+        if lost or bad:
+            metrics.sessions_lost().inc(len(lost) + len(bad), tags={"pool": pool.name})
+        self._gauge(pool.name)
 
     async def _lose(self, session_id: str, reason: str) -> None:
         self.records.pop(session_id, None)

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
+from orchestrator import metrics
 from orchestrator.config.envs import runtime_env
 from orchestrator.config.schema import Config
 from orchestrator.control import cluster
@@ -86,7 +87,7 @@ class Supervisor:
         slot.state, slot.reason, slot.since = "starting", None, time.time()
         slot.stats, slot.pid, slot.actor_id = {}, None, None  # a new process: none of the old one's numbers
         slot.handle = (
-            actor_class()
+            actor_class(pool.name, spec.worker)
             .options(**options)
             .remote(
                 pool.name,
@@ -259,6 +260,9 @@ class Supervisor:
     async def _ping(self, pool: PoolState, slot: ActorSlot, gen: int) -> None:
         try:
             slot.stats = await ask(slot.handle.ping.remote(), pool.spec.health.timeout_s)
+            tags = {"pool": pool.name, "actor": slot.name}
+            metrics.actor_rss().set(slot.stats.get("rss") or 0, tags=tags)
+            metrics.actor_gpu_memory().set(slot.stats.get("gpu_memory") or 0, tags=tags)
         except TimeoutError:  # ask() bounds the ping
             if slot.gen == gen and slot.state == "ready":
                 pool.counters["hung"] += 1
@@ -286,6 +290,7 @@ class Supervisor:
             return
         slot.state, slot.reason = "dead", reason
         pool.event("died", slot.name, reason)
+        _forget_actor(pool.name, slot.name)
         await self.routing.bump()
         if not pool.intensity.allow():
             spec = pool.spec.restart
@@ -293,7 +298,8 @@ class Supervisor:
             await self.fail_pool(pool, f"{why}; last: {reason}")
             return
         pool.counters["restarts"] += 1
-        slot.gen += 1
+        metrics.restarts().inc(tags={"pool": pool.name, "reason": restart_reason(reason)})
+        slot.next_generation(reason)
         pool.event("restarting", slot.name, reason)
         self.launch(pool, slot)
 
@@ -335,7 +341,7 @@ class Supervisor:
             pool.retries = 0  # an operator's restart starts the automatic backoff over
         pool.event("restart", None, f"restarted {why} (was: {previous})")
         for slot in pool.slots:
-            slot.gen += 1
+            slot.next_generation(f"pool restarted {why}")
             self.launch(pool, slot)
         await self.routing.bump()
         return {"pool": name, "restarted": True, "message": f"restarting {len(pool.slots)} actor(s)"}
@@ -350,9 +356,11 @@ class Supervisor:
         slot.state, slot.reason = "draining", reason
         pool.event("recycle", slot.name, reason)
         pool.counters["recycles"] += 1
+        metrics.restarts().inc(tags={"pool": pool.name, "reason": restart_reason(reason)})
         await self.routing.bump()
         await self.sessions.save_states(await _stop_actor(old, DRAIN_S, reason))  # the replacement restores them
-        slot.gen += 1
+        _forget_actor(pool.name, slot.name)
+        slot.next_generation(f"recycled: {reason}")
         self.launch(pool, slot)
 
     async def stop_all(self, drain_s: float) -> dict[str, int]:
@@ -388,3 +396,21 @@ async def _stop_actor(handle: Any, drain_s: float, reason: str) -> dict[str, byt
         log.warning("stopping an actor (%s): %s; killing it", reason, first_line(exc))
     ray.kill(handle, no_restart=True)
     return states
+
+
+def restart_reason(reason: str) -> str:
+    """The ``reason`` label of the restarts metric: crash, hung, memory or max_calls."""
+    lowered = reason.lower()
+    if lowered.startswith("hung"):
+        return "hung"
+    if lowered.startswith("max_calls"):
+        return "max_calls"
+    if lowered.startswith("max_memory") or "out of memory" in lowered or "oom" in lowered:
+        return "memory"
+    return "crash"
+
+
+def _forget_actor(pool: str, actor: str) -> None:
+    """A replaced actor's memory series end with it."""
+    for gauge in (metrics.actor_rss(), metrics.actor_gpu_memory()):
+        gauge.forget({"pool": pool, "actor": actor})

@@ -27,6 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from orchestrator import metrics
 from orchestrator.errors import (
     OpNotFound,
     OrchestratorError,
@@ -141,6 +142,7 @@ class Router:
         limits = entry["limits"]
         bound = len(entry["actors"]) * limits["concurrency"] + limits["queue"]
         if self.pool_outstanding[pool] >= bound:
+            metrics.overloaded().inc(tags={"pool": pool})
             raise Overloaded(
                 f"{self.pool_outstanding[pool]} calls outstanding (bound {bound}: actors x concurrency + queue)",
                 pool=pool,
@@ -158,12 +160,20 @@ class Router:
         with self.cond:
             self.outstanding[actor["actor_id"]] += 1
             self.pool_outstanding[pool] += 1
+            self._count_queued(pool)
 
     def release(self, pool: str, actor: dict[str, Any]) -> None:
         """A call finished."""
         with self.cond:
             self.outstanding[actor["actor_id"]] -= 1
             self.pool_outstanding[pool] -= 1
+            self._count_queued(pool)
+
+    def _count_queued(self, pool: str) -> None:
+        """The queue-depth gauge: this caller's calls beyond its actors' concurrency."""
+        entry = self.table["pools"].get(pool)
+        capacity = len(entry["actors"]) * entry["limits"]["concurrency"] if entry else 0
+        metrics.queued().set(max(0, self.pool_outstanding[pool] - capacity), tags={"pool": pool})
 
     def report_dead(self, pool: str, actor: dict[str, Any], slot: int | None = None) -> None:
         """Tell the coordinator at once (it re-checks the actor and restarts it)."""

@@ -27,6 +27,7 @@ from orchestrator.errors import InvalidArguments, OrchestratorError
 from orchestrator.gateway.calls import ADMIN_BODY
 from orchestrator.gateway.docs import publish_ops
 from orchestrator.gateway.guard import Guard, Origins, Tokens, check_bind, error_response, served_hosts
+from orchestrator.gateway.metered import Metered
 from orchestrator.gateway.openai import chat, embeddings
 from orchestrator.gateway.routes import jobs, pools, sessions
 
@@ -82,7 +83,7 @@ def create_app(
         app.include_router(family.router(orch))
     publish_ops(app, orch)
     app.state.tokens = Tokens(options.credentials())
-    # Added innermost first: Origins (Host, Origin) -> CORS (preflights) -> Guard (token, body) -> routes.
+    # Added innermost first: Metered -> Origins (Host, Origin) -> CORS (preflights) -> Guard (token, body) -> routes.
     app.add_middleware(Guard, tokens=app.state.tokens, max_body=options.max_body, max_json_depth=options.max_json_depth)
     if options.cors_origins:
         app.add_middleware(
@@ -93,6 +94,7 @@ def create_app(
         )
     served = served_hosts(options.host, options.allowed_hosts)
     app.add_middleware(Origins, served=served, cors_origins=options.cors_origins)
+    app.add_middleware(Metered)  # outermost: refusals are counted too
     return app
 
 

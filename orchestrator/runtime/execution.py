@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.contract import Context, OpSpec
 from orchestrator.errors import DependencyMissing, GpuOom, OpFailed, OrchestratorError
+from orchestrator.runtime.logs import carried
 from orchestrator.types import Final
 
 LoopGetter = Callable[[], asyncio.AbstractEventLoop]
@@ -28,7 +29,7 @@ def run_op(worker: Any, spec: OpSpec, args: dict[str, Any], ctx: Context, loop: 
         kwargs = {**args, "ctx": ctx} if spec.takes_ctx else args
         try:
             if spec.is_async:
-                return asyncio.run_coroutine_threadsafe(method(**kwargs), loop()).result()
+                return asyncio.run_coroutine_threadsafe(carried(method(**kwargs)), loop()).result()
             return method(**kwargs)
         except BaseException as exc:
             # An op whose batch_size defaults to None uses its worker's own batch_size option.
@@ -48,7 +49,7 @@ def run_stream(worker: Any, spec: OpSpec, args: dict[str, Any], ctx: Context, lo
         try:
             while not ctx.cancelled:
                 try:
-                    item = asyncio.run_coroutine_threadsafe(gen.__anext__(), event_loop).result()
+                    item = asyncio.run_coroutine_threadsafe(carried(gen.__anext__()), event_loop).result()
                 except StopAsyncIteration:
                     break
                 yield from pending_progress(ctx)

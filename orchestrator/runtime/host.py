@@ -25,8 +25,10 @@ from typing import Any
 import psutil
 import ray
 
+from orchestrator import metrics
 from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
+from orchestrator.runtime import logs
 from orchestrator.runtime.execution import gpu_memory, run_op, run_stream, to_error
 from orchestrator.runtime.turnstile import SessionSlot, Turn
 from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request, session_key
@@ -49,6 +51,9 @@ class WorkerHost:
         debug: bool = False,
     ) -> None:
         self.pool, self.slot, self.gen = pool, slot, gen
+        self.name = f"{pool}-{slot}" if gen == 0 else f"{pool}-{slot}.{gen}"  # its Ray actor name
+        self.actor_tags = {"pool": pool, "actor": self.name}
+        logs.install(pool, self.name)
         self.namespace, self.coordinator_name = namespace, coordinator
         self.env_file, self.debug = env_file, debug
         self.spec_hash = spec_hash(spec)
@@ -104,7 +109,7 @@ class WorkerHost:
 
     @ray.method(concurrency_group=ADMIN)
     def ping(self) -> dict[str, Any]:
-        """Health and stats: memory, calls, in-flight ops, sessions and their last use."""
+        """Health and stats: memory, calls, in-flight ops and what each runs now, sessions and their last use."""
         now = time.time()
         return {
             "pid": os.getpid(),
@@ -115,7 +120,17 @@ class WorkerHost:
             "recycling": self.recycling,
             # A session in a call is in use now: the reaper must never close it as idle.
             "sessions": {sid: now if s.busy else s.last_used for sid, s in self.sessions.items()},
-            "progress": {cid: dict(ctx.last_progress) for cid, ctx in self.running.items() if ctx.last_progress},
+            # What runs now, by call id (list(): op threads add and remove calls while this reads).
+            "running": {
+                cid: {
+                    "op": ctx.op,
+                    "job_id": ctx.job_id,
+                    "session": ctx.session_id,
+                    "started": ctx.started,
+                    "progress": dict(ctx.last_progress) or None,
+                }
+                for cid, ctx in list(self.running.items())
+            },
         }
 
     @ray.method(concurrency_group=ADMIN)
@@ -201,7 +216,7 @@ class WorkerHost:
         ``job`` (id, pickled resume point or None, events logged at that point) runs it as a job.
         """
         op, args, session, seq, caller, call_id = request
-        admitted = False
+        admitted, outcome, started = False, "ok", time.perf_counter()
         try:
             self._admit(session, inline)
             admitted = True
@@ -212,19 +227,26 @@ class WorkerHost:
                 if job is not None:
                     self._as_job(ctx, job, call_id)
                 try:
-                    if spec.stream:
-                        yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
-                    else:
-                        yield Final(run_op(self.worker, spec, args, ctx, self._event_loop))
+                    with logs.calling(op, call_id, session, ctx.job_id):
+                        if spec.stream:
+                            yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
+                        else:
+                            yield Final(run_op(self.worker, spec, args, ctx, self._event_loop))
                     self._after_session_call(session)
                 finally:
                     self.running.pop(call_id, None)
         except GeneratorExit:
+            outcome = "cancelled"
             raise
         except BaseException as exc:
-            yield Failure(self._error(exc, op))
+            error = self._error(exc, op)
+            outcome = str(error.get("code"))
+            yield Failure(error)
         finally:
             self._after_call(admitted)
+            tags = {"pool": self.pool, "op": op}
+            metrics.call_seconds().observe(time.perf_counter() - started, tags=tags)
+            metrics.calls().inc(tags={**tags, "outcome": outcome})
 
     # ------------------------------------------------------------- internals
     def _admit(self, session: str | None, inline: bool) -> None:
@@ -241,6 +263,7 @@ class WorkerHost:
                 raise SessionNotFound(f"session {session} is not open ({why})", pool=self.pool)
         with self.lock:
             self.inflight += 1
+            metrics.inflight().set(self.inflight, tags=self.actor_tags)
 
     def _spec(self, op: str) -> OpSpec:
         spec = self.ops.get(op)
@@ -298,6 +321,7 @@ class WorkerHost:
             self.inflight -= 1
             self.calls += 1
             calls = self.calls
+            metrics.inflight().set(self.inflight, tags=self.actor_tags)
         if self.recycling:
             return
         if self.max_calls is not None and calls >= self.max_calls:
@@ -350,8 +374,20 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def class_name(pool: str, worker: str) -> str:
+    """The actor class name Ray's dashboard and state API show for a pool's actors: ``<pool>:<Class>``."""
+    return f"{pool}:{worker.rpartition(':')[2]}"
+
+
 @functools.cache
-def actor_class() -> Any:
-    """The WorkerHost as a Ray actor class (admin methods in their own thread group); built once per process,
-    since building a Ray actor class costs ~150 ms and a restart must not pay it again."""
-    return ray.remote(concurrency_groups={ADMIN: 4})(WorkerHost)  # type: ignore[call-overload]
+def actor_class(pool: str, worker: str) -> Any:
+    """A pool's WorkerHost as a Ray actor class (admin methods in their own thread group).
+
+    Each pool gets its own subclass, named by ``class_name``, so the Ray dashboard tells the pools'
+    actors apart (every one would read ``WorkerHost`` otherwise). Adoption finds actors by name, not by
+    class. Built once per process and pool: building a Ray actor class costs ~150 ms, and a restart
+    must not pay it again.
+    """
+    name = class_name(pool, worker)
+    host = type(name, (WorkerHost,), {"__module__": __name__, "__qualname__": name, "__doc__": WorkerHost.__doc__})
+    return ray.remote(concurrency_groups={ADMIN: 4})(host)  # type: ignore[call-overload]

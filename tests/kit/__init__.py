@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
+
+import ray
 
 from orchestrator import Context, Worker, op
 
@@ -63,8 +66,12 @@ class Toolbox(Worker):
 
     @op
     def whoami(self) -> dict[str, Any]:
-        """Process facts: pid, and the GPUs Ray gave this actor."""
-        return {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        """Process facts: pid, the GPUs Ray gave this actor, and the Ray task name this call runs as."""
+        return {
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "task": ray.get_runtime_context().get_task_name(),
+        }
 
     @op
     def package_version(self, package: str) -> str | None:
@@ -149,6 +156,11 @@ class Toolbox(Worker):
                 Path(mark).write_text(str(i + 1))
             yield {"i": i}
         return n
+
+    @op
+    def log(self, message: str, level: str = "info") -> None:
+        """Write ``message`` through Python's logging (the line should name the pool, actor, op and call)."""
+        logging.getLogger("tests.kit").log(logging.getLevelNamesMapping()[level.upper()], message)
 
     @op
     def trials(
