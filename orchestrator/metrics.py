@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any, ClassVar
 
@@ -93,110 +94,28 @@ def _make(kind: str, name: str, description: str, tags: tuple[str, ...]) -> Any:
     return metrics.Histogram(name, description, boundaries=SECONDS, tag_keys=tags)
 
 
-# One object per metric and process, made on first use (Ray must be initialised by then).
-@cache
-def calls() -> Any:
-    """Calls an actor finished; outcome is ``ok`` or the error code."""
-    return _make("counter", "orchestrator_calls", "Op calls finished, by outcome.", ("pool", "op", "outcome"))
+# One getter per metric: the metric object is made on first use in each process (Ray must be up by then).
+def _metric(kind: str, name: str, description: str, tags: tuple[str, ...]) -> Callable[[], Any]:
+    return cache(lambda: _make(kind, name, description, tags))
 
 
-@cache
-def call_seconds() -> Any:
-    """How long calls ran on their actor (admission to result)."""
-    return _make("histogram", "orchestrator_call_seconds", "Op call duration on the actor.", ("pool", "op"))
-
-
-@cache
-def inflight() -> Any:
-    """Calls running on an actor now."""
-    return _make("gauge", "orchestrator_inflight", "Calls running on the actor.", ("pool", "actor"))
-
-
-@cache
-def overloaded() -> Any:
-    """Calls refused because the pool's queue was full."""
-    return _make("counter", "orchestrator_overloaded", "Calls refused as overloaded.", ("pool",))
-
-
-@cache
-def queued() -> Any:
-    """Calls a caller (gateway, driver) holds waiting for a free actor slot."""
-    return _make("gauge", "orchestrator_queued", "Calls waiting for an actor, per caller.", ("pool",))
-
-
-@cache
-def restarts() -> Any:
-    """Actor replacements; reason: crash, hung, memory, max_calls, recycle."""
-    return _make("counter", "orchestrator_restarts", "Actors replaced, by reason.", ("pool", "reason"))
-
-
-@cache
-def actor_rss() -> Any:
-    """Resident memory of each actor, from its last health ping."""
-    return _make("gauge", "orchestrator_actor_rss_bytes", "Actor resident memory.", ("pool", "actor"))
-
-
-@cache
-def actor_gpu_memory() -> Any:
-    """GPU memory each actor's process holds (torch's count), from its last health ping."""
-    return _make("gauge", "orchestrator_actor_gpu_memory_bytes", "Actor GPU memory.", ("pool", "actor"))
-
-
-@cache
-def sessions() -> Any:
-    """Open sessions."""
-    return _make("gauge", "orchestrator_sessions", "Open sessions.", ("pool",))
-
-
-@cache
-def sessions_restored() -> Any:
-    """Sessions restored from a checkpoint onto a new actor."""
-    return _make("counter", "orchestrator_sessions_restored", "Sessions restored after a restart.", ("pool",))
-
-
-@cache
-def sessions_lost() -> Any:
-    """Sessions lost (their actor died with no checkpoint, or the checkpoint was unreadable)."""
-    return _make("counter", "orchestrator_sessions_lost", "Sessions lost.", ("pool",))
-
-
-@cache
-def jobs() -> Any:
-    """Jobs queued or running now."""
-    return _make("gauge", "orchestrator_jobs", "Jobs by status (queued, running).", ("pool", "status"))
-
-
-@cache
-def jobs_finished() -> Any:
-    """Jobs that ended: succeeded, failed or cancelled."""
-    return _make("counter", "orchestrator_jobs_finished", "Jobs finished, by status.", ("pool", "status"))
-
-
-@cache
-def job_events() -> Any:
-    """Job events logged durably."""
-    return _make("counter", "orchestrator_job_events", "Job events logged.", ("pool",))
-
-
-@cache
-def checkpoint_bytes() -> Any:
-    """Bytes of checkpoints stored; kind: session or job."""
-    return _make("counter", "orchestrator_checkpoint_bytes", "Checkpoint bytes stored.", ("pool", "kind"))
-
-
-@cache
-def http_requests() -> Any:
-    """Gateway requests, by route template, method and status."""
-    return _make("counter", "orchestrator_http_requests", "Gateway requests.", ("route", "method", "status"))
-
-
-@cache
-def http_seconds() -> Any:
-    """Gateway request latency (to the response's first byte for streams)."""
-    return _make("histogram", "orchestrator_http_seconds", "Gateway request latency.", ("route",))
-
-
-@cache
-def sse_open() -> Any:
-    """Server-Sent Event streams the gateway holds open."""
-    return _make("gauge", "orchestrator_sse_open", "Open SSE streams.", ("route",))
+calls = _metric("counter", "orchestrator_calls", "Op calls finished, by outcome.", ("pool", "op", "outcome"))
+call_seconds = _metric("histogram", "orchestrator_call_seconds", "Op call duration on the actor.", ("pool", "op"))
+inflight = _metric("gauge", "orchestrator_inflight", "Calls running on the actor.", ("pool", "actor"))
+overloaded = _metric("counter", "orchestrator_overloaded", "Calls refused as overloaded.", ("pool",))
+queued = _metric("gauge", "orchestrator_queued", "Calls waiting for an actor, per caller.", ("pool",))
+restarts = _metric("counter", "orchestrator_restarts", "Actors replaced, by reason.", ("pool", "reason"))
+actor_rss = _metric("gauge", "orchestrator_actor_rss_bytes", "Actor resident memory.", ("pool", "actor"))
+actor_gpu_memory = _metric("gauge", "orchestrator_actor_gpu_memory_bytes", "Actor GPU memory.", ("pool", "actor"))
+sessions = _metric("gauge", "orchestrator_sessions", "Open sessions.", ("pool",))
+sessions_restored = _metric(
+    "counter", "orchestrator_sessions_restored", "Sessions restored after a restart.", ("pool",)
+)
+sessions_lost = _metric("counter", "orchestrator_sessions_lost", "Sessions lost.", ("pool",))
+jobs = _metric("gauge", "orchestrator_jobs", "Jobs by status (queued, running).", ("pool", "status"))
+jobs_finished = _metric("counter", "orchestrator_jobs_finished", "Jobs finished, by status.", ("pool", "status"))
+job_events = _metric("counter", "orchestrator_job_events", "Job events logged.", ("pool",))
+checkpoint_bytes = _metric("counter", "orchestrator_checkpoint_bytes", "Checkpoint bytes stored.", ("pool", "kind"))
+http_requests = _metric("counter", "orchestrator_http_requests", "Gateway requests.", ("route", "method", "status"))
+http_seconds = _metric("histogram", "orchestrator_http_seconds", "Gateway request latency.", ("route",))
+sse_open = _metric("gauge", "orchestrator_sse_open", "Open SSE streams.", ("route",))
