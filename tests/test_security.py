@@ -8,6 +8,7 @@ and the service still answers afterwards.
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 import orchestrator
 from orchestrator.errors import InvalidArguments, InvalidConfig, Overloaded
+from orchestrator.gateway.guard import host_allowed, host_name, json_too_deep, served_hosts
 from tests.conftest import GatewayProcess, Start, toolbox, wait_until
 
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -195,3 +197,29 @@ def test_an_op_whose_hints_do_not_resolve_fails_pool_start(start_orchestrator: S
     pool = {**toolbox(), "worker": "tests.kit.unresolved:Unresolved"}
     with pytest.raises(InvalidConfig, match=r"pools\.bad\.worker: .*@op lookup's type hints cannot be resolved"):
         start_orchestrator({"bad": pool})
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("127.0.0.1:8000", "127.0.0.1"), ("[::1]:8000", "::1"), ("::1", "::1"), ("Example.COM", "example.com")],
+)
+def test_host_header_names(header: str, name: str) -> None:
+    assert host_name(header) == name
+
+
+def test_served_hosts_and_patterns() -> None:
+    served = served_hosts("127.0.0.1", ["api.example.com", "*.corp.example"])
+    assert host_allowed("localhost", served) and host_allowed("api.example.com", served)
+    assert host_allowed("a.b.corp.example", served) and not host_allowed("corp.example.evil", served)
+    assert not host_allowed("evil.example.com", served) and not host_allowed("127.0.0.1.nip.io", served)
+    assert host_allowed("anything", served_hosts("127.0.0.1", ["*"]))
+    wildcard = served_hosts("0.0.0.0", [])
+    assert socket.gethostname().lower() in wildcard and "0.0.0.0" not in wildcard
+
+
+def test_json_depth_counts_nesting_not_brackets_in_strings() -> None:
+    assert not json_too_deep(b'{"a": "[[[[[[[[[[[["}', 4)
+    assert not json_too_deep(b'{"a": "\\"[[[[[[[[[[", "b": [1, [2]]}', 4)  # an escaped quote inside a string
+    assert json_too_deep(b'{"a": [[[[1]]]]}', 4)
+    assert not json_too_deep(b'{"a": [[[1]]]}', 4)
+    assert not json_too_deep(b"[" + b"[1]," * 10_000 + b"[1]]", 4)  # many lists, shallow
