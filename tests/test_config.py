@@ -90,3 +90,12 @@ def test_load_config_reads_file_and_names_it(tmp_path: Path) -> None:
 def test_shipped_pools_yaml_is_valid() -> None:
     config = load_config(Path(__file__).resolve().parent.parent / "pools.yaml")
     assert config.pools
+
+
+def test_gateway_tokens_are_named_and_never_echoed_in_errors() -> None:
+    config = parse_config({"gateway": {"token": "t0-secret", "tokens": {"ci": "ci-secret", "unset": ""}}})
+    assert config.gateway.credentials() == {"default": "t0-secret", "ci": "ci-secret"}  # empty values are no token
+    for bad in ({"tokens": {"bad name": "leaky-secret"}}, {"tokens": ["leaky-secret"]}, {"token": ["leaky-secret"]}):
+        with pytest.raises(InvalidConfig) as exc:
+            parse_config({"gateway": bad})
+        assert "gateway.token" in str(exc.value) and "leaky-secret" not in str(exc.value)

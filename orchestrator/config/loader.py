@@ -41,6 +41,9 @@ def _interpolate(value: Any, where: str, source: str) -> Any:
     return yaml.safe_load(replaced) if _VAR_RE.fullmatch(value) and replaced else replaced
 
 
+SECRET_FIELDS = {("gateway", "token"), ("gateway", "tokens")}
+
+
 def _describe(error: Any) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
@@ -52,6 +55,8 @@ def _describe(error: Any) -> str:
         bound = next(iter(ctx.values()))
         return f"must be {op} {bound}, got {value!r}"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if tuple(error.get("loc", ()))[:2] in SECRET_FIELDS:
+        return message  # never echo a token into logs
     return message if "got" in message else f"{message}, got {value!r}"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +33,7 @@ _UNITS = {
     "tib": 1024**4,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+T = TypeVar("T")
 _ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -50,6 +51,14 @@ def parse_bytes(value: Any) -> int:
     if factor is None:
         raise ValueError(f"unknown memory unit {unit!r} (use B, KB, MB, GB, KiB, MiB, GiB, TiB), got {value!r}")
     return int(float(number) * factor)
+
+
+def _names(value: dict[str, T], pattern: str, what: str, allowed: str) -> dict[str, T]:
+    """``value`` unchanged when every key matches ``pattern``; else a ValueError naming the key."""
+    for name in value:
+        if not re.match(pattern, name):
+            raise ValueError(f"{what} name {name!r} must be {allowed}")
+    return value
 
 
 class _Model(BaseModel):
@@ -217,10 +226,7 @@ class GatewayOptions(_Model):
     @field_validator("tokens")
     @classmethod
     def _token_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not re.match(r"^[A-Za-z0-9][\w.-]{0,63}$", name):
-                raise ValueError(f"token name {name!r} must be letters, digits, '_', '-' or '.'")
-        return value
+        return _names(value, r"^[A-Za-z0-9][\w.-]{0,63}$", "token", "letters, digits, '_', '-' or '.'")
 
     def credentials(self) -> dict[str, str]:
         """Every configured token by name (``token`` is ``default``)."""
@@ -269,10 +275,7 @@ class Config(_Model):
     @field_validator("pools")
     @classmethod
     def _pool_names(cls, pools: dict[str, Pool]) -> dict[str, Pool]:
-        for name in pools:
-            if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", name):
-                raise ValueError(f"pool name {name!r} must be lowercase letters, digits, '-' or '_'")
-        return pools
+        return _names(pools, r"^[a-z][a-z0-9_-]{0,62}$", "pool", "lowercase letters, digits, '-' or '_'")
 
     def env_dir(self, pool: str) -> Path | None:
         """The pool's env folder, resolved against pools.yaml's folder."""
