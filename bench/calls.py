@@ -18,9 +18,6 @@ rates are the best of a few alternating repeats. Ratios are orchestrator / raw.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
-from bench.common import percentile  # noqa: E402
+from bench.common import machine, percentile, write_report  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 
 LATENCY_GOAL = 1.25  # orchestrator latency / raw latency must be <= this
@@ -299,21 +296,14 @@ def main() -> None:
         "benchmark": "calls",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "platform": platform.platform(),
-            "ray_num_cpus": 4,
-        },
+        "machine": machine(ray_num_cpus=4),
         "goals": {"latency_ratio_max": LATENCY_GOAL, "throughput_ratio_min": THROUGHPUT_GOAL},
         "params": p,
         "anchor": "plain @ray.remote(num_cpus=1) actor vs a pool of one WorkerHost (num_cpus=1)",
         "results": rows,
         "all_goals_met": all(row["meets"] for row in rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     console.print(f"wrote {args.out}")
 
 

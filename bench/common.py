@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -43,3 +46,21 @@ def raw_restart(actor: Any) -> float:
         except RayError:
             time.sleep(POLL_S)
     raise RuntimeError("the raw actor did not come back within 60s")
+
+
+def machine(ray_num_cpus: float | None = None, **extra: Any) -> dict[str, Any]:
+    """Where a benchmark ran, for its JSON report (``extra``: e.g. load averages, versions)."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "platform": platform.platform(),
+        **({"ray_num_cpus": ray_num_cpus} if ray_num_cpus is not None else {}),
+        **extra,
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report (its folder created if needed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")

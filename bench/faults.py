@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -73,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
-from bench.common import raw_restart, wait_until  # noqa: E402
+from bench.common import machine, raw_restart, wait_until, write_report  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 
 CONTROL_PLANE_GOAL_S = 2.0  # kill of the coordinator -> status answers
@@ -623,15 +622,7 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
         "duration_s": time.perf_counter() - started,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "platform": platform.platform(),
-            "ray_num_cpus": RAY_NUM_CPUS,
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        "machine": machine(ray_num_cpus=RAY_NUM_CPUS, loadavg_before=load_before, loadavg_after=os.getloadavg()),
         "params": p,
         "goals": {
             "control_plane_back_s_max": CONTROL_PLANE_GOAL_S,
@@ -654,8 +645,7 @@ def main() -> None:
         "detail": {**local, "node_loss": nodes},
         "not_verified": problems,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     console.print(f"wrote {args.out} in {report['duration_s']:.0f} s")
 
 

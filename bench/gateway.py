@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -63,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/gateway.py` puts bench/ first, not the root
     sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile  # noqa: E402
+from bench.common import machine, percentile, write_report  # noqa: E402
 
 THROUGHPUT_RATIO_GOAL = 3.0  # gateway req/s / Serve req/s at c=32 must be >= this
 P50_RATIO_GOAL = 0.5  # gateway p50 / Serve p50 at c=1 must be <= this
@@ -509,13 +508,7 @@ def main() -> None:
         "benchmark": "gateway",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "ray_num_cpus": 4,
-            "versions": versions(),
-        },
+        "machine": machine(ray_num_cpus=4, versions=versions()),
         "goals": {"throughput_ratio_min": THROUGHPUT_RATIO_GOAL, "p50_ratio_max": P50_RATIO_GOAL},
         "params": p,
         "load": {
@@ -535,8 +528,7 @@ def main() -> None:
         "ratios": ratios,
         "all_goals_met": all(r["meets"] for r in ratios if "meets" in r),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     console.print(f"wrote {args.out}")
 
 

@@ -38,9 +38,7 @@ higher is better, for times lower is better). The pool pings its actors every
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -62,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
-from bench.common import raw_restart, wait_until  # noqa: E402
+from bench.common import machine, raw_restart, wait_until, write_report  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 from orchestrator.dataplane.handles import Job  # noqa: E402
 
@@ -499,15 +497,7 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
         "duration_s": time.perf_counter() - started,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "platform": platform.platform(),
-            "ray_num_cpus": 4,
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        "machine": machine(ray_num_cpus=4, loadavg_before=load_before, loadavg_after=os.getloadavg()),
         "params": p,
         "pool": "bench: 2 x tests.kit:Toolbox, num_cpus 1, concurrency 10, max_restarts 100, health 0.5 s",
         "anchors": {
@@ -521,8 +511,7 @@ def main() -> None:
         "results": rows,
         "recovery": recovery,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     console.print(f"wrote {args.out}")
 
 

@@ -25,9 +25,7 @@ clients), so load drift on a shared machine hits them alike. On a CUDA host
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,11 +41,14 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
-import orchestrator
-from orchestrator.config import parse_config
-from orchestrator.models.tiny import build_tiny_model
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/light.py`: bench.common must import
+
+import orchestrator  # noqa: E402
+from bench.common import machine, write_report  # noqa: E402
+from orchestrator.config import parse_config  # noqa: E402
+from orchestrator.models.tiny import build_tiny_model  # noqa: E402
+
 BATCH1_GOAL = 0.95
 CONCURRENT_GOAL = 1.5
 CLIENTS = 8
@@ -268,21 +269,14 @@ def main() -> None:
         "benchmark": "light",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "platform": platform.platform(),
-        },
+        "machine": machine(load_avg_1m=os.getloadavg()[0]),
         "model": str(args.model or "random Llama, hidden 256, 4 layers (build_tiny_model)"),
         "params": {**p, "threads": args.threads, "clients": CLIENTS, "prompts": len(PROMPTS)},
         "goals": {"batch1_ratio_min": BATCH1_GOAL, "concurrent_ratio_min": CONCURRENT_GOAL},
         "results": rows,
         "all_goals_met": all(r["meets"] for r in rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     console.print(f"wrote {args.out}")
 
 

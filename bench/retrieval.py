@@ -21,9 +21,7 @@ recall@10 against exact.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402
+from bench.common import machine, write_report  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 from workers.retrieval.embedder import bundled_minilm  # noqa: E402
 from workers.retrieval.index import VectorIndex  # noqa: E402
@@ -241,13 +240,12 @@ def main() -> None:
     report = {
         "benchmark": "retrieval",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "params": {"sentences": len(texts), "batch": BATCH, "threads": args.threads, "quick": args.quick},
         "embedding": embedding,
         "search": search,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     console.print(f"wrote {args.out}")
 
 
