@@ -70,6 +70,25 @@ def toolbox(size: int = 1, **overrides: Any) -> dict[str, Any]:
     return spec
 
 
+def up_config(folder: Path, namespace: str, port: int, sessions: str = "") -> Path:
+    """A pools.yaml for `orchestrator up` in a subprocess: one small toolbox pool, state in ``folder``."""
+    config = folder / "pools.yaml"
+    config.write_text(
+        f"""
+ray: {{namespace: {namespace}, num_cpus: 4}}
+state_dir: {folder / "state"}
+gateway: {{port: {port}}}
+pools:
+  toolbox:
+    worker: tests.kit:Toolbox
+    size: 1
+    resources: {{num_cpus: 0.5}}
+{f"    sessions: {{{sessions}}}" if sessions else ""}
+"""
+    )
+    return config
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it is truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, free_port, up_config, wait_until
 
 COMMANDS = ["up", "gateway", "down", "status", "call", "sessions", "jobs", "jobs submit", "jobs watch", "jobs list"]
 COMMANDS += ["jobs cancel", "jobs result", "pools restart"]
@@ -34,19 +34,7 @@ def test_every_command_has_help(command: str) -> None:
 
 def test_up_status_call_down(tmp_path: Path) -> None:
     port = free_port()
-    config = tmp_path / "pools.yaml"
-    config.write_text(
-        f"""
-ray: {{namespace: cli-test, num_cpus: 4}}
-state_dir: {tmp_path / "state"}
-gateway: {{port: {port}}}
-pools:
-  toolbox:
-    worker: tests.kit:Toolbox
-    size: 1
-    resources: {{num_cpus: 0.5}}
-"""
-    )
+    config = up_config(tmp_path, "cli-test", port)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ORCHESTRATOR_TOKEN")}
     env["ORCHESTRATOR_URL"] = f"http://127.0.0.1:{port}"
     up = subprocess.Popen(

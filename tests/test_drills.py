@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, free_port, up_config, wait_until
 
 
 def start_up(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -52,20 +52,7 @@ def in_process(address: str, code: str) -> Any:
 def test_sigkill_of_the_whole_up_process_group_then_up_again(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = tmp_path / "pools.yaml"
-    config.write_text(
-        f"""
-ray: {{namespace: drill, num_cpus: 4}}
-state_dir: {tmp_path / "state"}
-gateway: {{port: {port}}}
-pools:
-  toolbox:
-    worker: tests.kit:Toolbox
-    size: 1
-    resources: {{num_cpus: 0.5}}
-    sessions: {{checkpoint: after_call}}
-"""
-    )
+    config = up_config(tmp_path, "drill", port, sessions="checkpoint: after_call")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ORCHESTRATOR_TOKEN")}
     first_log, second_log = tmp_path / "up1.log", tmp_path / "up2.log"
     up = start_up(config, env, first_log)
