@@ -241,3 +241,35 @@ def test_orchestrator_errors_become_openai_errors() -> None:
     slow = from_orchestrator_error(Timeout("late"))
     assert slow.status_code == 504 and body(slow)["type"] == "server_error"
     assert openai_error(429, "busy").headers["retry-after"] == "1"
+
+
+def test_response_format_shapes_and_string_caps() -> None:
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance: pip install -e '.[light]'")
+    from workers.light.structured import cap_strings, parse_response_format
+
+    assert parse_response_format(None) is None and parse_response_format({"type": "text"}) is None
+    assert parse_response_format({"type": "json_object"}) == {"type": "object"}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string", "enum": ["x"]}}}
+    spec = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    assert parse_response_format(spec) == schema  # no cap: the schema as given
+    capped = parse_response_format(spec, max_string=10)
+    assert capped is not None and capped["properties"]["a"] == {"type": "string", "maxLength": 10}
+    assert capped["properties"]["b"] == {"type": "string", "enum": ["x"]}  # enums, patterns, lengths kept
+    nested = {"type": "array", "items": {"type": ["string", "null"], "maxLength": 3}, "anyOf": [{"type": "string"}]}
+    assert cap_strings(nested, 5) == {
+        "type": "array",
+        "items": {"type": ["string", "null"], "maxLength": 3},
+        "anyOf": [{"type": "string", "maxLength": 5}],
+    }
+    for bad, field in (
+        ({"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}, "response_format.json_schema.schema"),
+        ({"type": "json_schema", "json_schema": {"schema": {"pattern": "(("}}}, "response_format.json_schema.schema"),
+        ({"type": "json_schema", "json_schema": "x"}, "response_format.json_schema"),
+        ({"type": "yaml"}, "response_format.type"),
+        (["json_object"], "response_format"),
+    ):
+        with pytest.raises(InvalidArguments) as refused:
+            parse_response_format(bad)
+        assert refused.value.detail[0]["field"] == field, refused.value
+    with pytest.raises(InvalidConfig, match="json_max_string"):
+        Light(model="/nonexistent", json_max_string=0)

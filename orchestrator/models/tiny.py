@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_NAME = "tiny"
-MARKER = "tiny-model.json"  # written last: its presence means the folder is complete
+MARKER = "tiny-model-v2.json"  # written last: its presence means the folder is complete (v2: 16k context)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
@@ -63,7 +63,7 @@ def build_tiny_model(
     layers: int = 2,
     heads: int = 4,
     vocab_size: int = 512,
-    context: int = 512,
+    context: int = 16384,  # random weights and rotary positions: a long context costs nothing
     seed: int = 0,
 ) -> Path:
     """Build (once) a random Llama model, its byte-level BPE tokenizer and a ChatML template into ``out_dir``.

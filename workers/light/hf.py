@@ -7,6 +7,8 @@ rows of one batch independent of each other:
   temperature, top_p and seeded generator, then leaves only the chosen token
   for ``generate``'s greedy pick: a seeded request gives the same text
   whatever it is batched with.
+- ``GrammarMask`` (first, only when a row has a ``response_format``) masks the
+  tokens each constrained row's JSON schema does not allow next.
 - ``RowWatcher`` (a stopping criterion) feeds each new token to the row's
   ``TextAccumulator``, streams the text, and ends rows on EOS, a stop string,
   their own ``max_tokens`` or a cancelled caller.
@@ -20,6 +22,7 @@ from typing import Any
 
 from workers.light.batching import Batcher, Job
 from workers.light.params import Row, TextAccumulator
+from workers.light.structured import GrammarMask, Grammars
 
 
 def _torch() -> Any:
@@ -166,6 +169,7 @@ class TransformersBackend:
         self.pad_id = int(pad if pad is not None else min(self.eos))
         bos = self.tokenizer.bos_token_id
         self.start_id = int(bos if bos is not None else min(self.eos))
+        self.grammars = Grammars(self.tokenizer, int(config.vocab_size), self.eos)
         self.batcher = Batcher(self._run, max_rows=max_batch, window_s=batch_window_s, name="light-generate")
 
     # -------------------------------------------------------------- tokens
@@ -209,6 +213,9 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
             repetition_penalty=1.0,
         )
+        processors: list[Any] = [RowSampler([r for _, r in rows], self.device)]
+        if any(row.schema is not None for _, row in rows):  # structured outputs: mask before sampling
+            processors.insert(0, GrammarMask([row.schema for _, row in rows], self.grammars))
         with self.lock:
             model = self._model_for(jobs[0].adapter)
             with torch.inference_mode():
@@ -216,7 +223,7 @@ class TransformersBackend:
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     generation_config=config,
-                    logits_processor=tf.LogitsProcessorList([RowSampler([r for _, r in rows], self.device)]),
+                    logits_processor=tf.LogitsProcessorList(processors),
                     stopping_criteria=tf.StoppingCriteriaList([watcher]),
                 )
         watcher.close()

@@ -50,6 +50,7 @@ class Row:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    schema: dict[str, Any] | None = None  # structured outputs: the JSON schema the text must follow
 
 
 def normalize_stop(stop: str | list[str] | None) -> list[str]:

@@ -66,7 +66,17 @@ def sampling_args(row: Row) -> dict[str, Any]:
     }
     if row.seed is not None:
         args["seed"] = row.seed
+    if row.schema is not None:
+        args.update(structured_outputs(row.schema))
     return args
+
+
+def structured_outputs(schema: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's own structured outputs for a JSON schema (``structured_outputs``, or ``guided_decoding`` before 0.11)."""
+    params: Any = importlib.import_module("vllm.sampling_params")
+    if hasattr(params, "StructuredOutputsParams"):
+        return {"structured_outputs": params.StructuredOutputsParams(json=schema)}
+    return {"guided_decoding": params.GuidedDecodingParams(json=schema)}
 
 
 def finish_reason(vllm_reason: str | None) -> str:

@@ -3,6 +3,8 @@
 Ops: ``generate`` / ``generate_stream`` (prompts), ``chat`` / ``chat_stream``
 (messages), ``models``, ``tokenize``, ``load_adapter`` / ``unload_adapter``
 (LoRA, served under their own model names) and ``stats`` (recent batch sizes).
+The generation ops take OpenAI's ``response_format`` (JSON mode and JSON schemas,
+through constrained decoding: see :mod:`workers.light.structured`).
 A result is ``{"model", "choices": [{"index", "text", "finish_reason"}],
 "usage": {...}, "batch_size"}``; a streaming op yields ``{"index", "text"}``
 deltas (and ``finish_reason`` when a choice ends) and returns the same result.
@@ -43,9 +45,11 @@ from workers.light.params import (
     resolve_max_tokens,
     row_seed,
 )
+from workers.light.structured import parse_response_format
 
 Result = dict[str, Any]
 Events = Generator[dict[str, Any], None, Result]
+TINY_MAX_STRING = 48
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}", re.ASCII)  # served as the model name <pool>/<name>
 
 
@@ -94,6 +98,9 @@ class Light(Worker):
     - ``adapters``: ``{name: path}`` LoRA adapters loaded at start, on every actor (any path: the operator's).
     - ``adapter_dir``: the folder a client's ``load_adapter`` paths are relative to (nothing outside it loads).
     - ``max_adapters``: adapters one actor holds at most, ``adapters`` included.
+    - ``json_max_string``: structured outputs (``response_format``) bound every JSON string the schema
+      leaves unbounded to this many characters (default: none; 48 for the tiny model, whose random
+      weights would otherwise never close a string).
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class Light(Worker):
         tiny_dir: str | None = None,
         adapter_dir: str = "~/.cache/orchestrator/adapters",
         max_adapters: int = 8,
+        json_max_string: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise InvalidConfig(f"options.max_batch: must be >= 1, got {max_batch}")
@@ -123,9 +131,12 @@ class Light(Worker):
             raise InvalidConfig(
                 f"options.adapters: {len(adapters or {})} adapters; options.max_adapters is {max_adapters}"
             )
+        if json_max_string is not None and json_max_string < 1:
+            raise InvalidConfig(f"options.json_max_string: must be >= 1, got {json_max_string}")
         if not model:  # nothing configured: serve the tiny local model (works offline)
             model = str(build_tiny_model(tiny_dir or default_tiny_dir()))
             name = name or TINY_NAME
+            json_max_string = json_max_string or TINY_MAX_STRING  # random weights: bound strings so JSON ends
         elif looks_like_path(model):
             path = Path(model).expanduser()
             if not path.exists():
@@ -134,6 +145,7 @@ class Light(Worker):
         self.name = name or (Path(model).name if looks_like_path(model) else model)
         self.max_tokens_default = max_tokens_default
         self.max_batch = max_batch
+        self.json_max_string = json_max_string
         self.adapter_dir = Path(adapter_dir).expanduser().resolve()
         self.max_adapters = max_adapters
         self.adapter_lock = threading.Lock()  # the adapter count is checked and changed as one step
@@ -253,9 +265,11 @@ class Light(Worker):
         stop: Stop = None,
         seed: int | None = None,
         n: N = 1,
+        response_format: dict[str, Any] | None = None,
     ) -> Result:
         """Complete ``prompt`` (or each of a list of prompts)."""
-        job, usage = self._start(ctx, _prompts(prompt), model, max_tokens, temperature, top_p, stop, seed, n)
+        sampling = (max_tokens, temperature, top_p, stop, seed, n, response_format)
+        job, usage = self._start(ctx, _prompts(prompt), model, *sampling)
         return _collect(job, usage, self._model_name(ctx, model))
 
     @op
@@ -270,9 +284,11 @@ class Light(Worker):
         stop: Stop = None,
         seed: int | None = None,
         n: N = 1,
+        response_format: dict[str, Any] | None = None,
     ) -> Events:
         """``generate``, streaming text deltas as tokens are made."""
-        job, usage = self._start(ctx, _prompts(prompt), model, max_tokens, temperature, top_p, stop, seed, n)
+        sampling = (max_tokens, temperature, top_p, stop, seed, n, response_format)
+        job, usage = self._start(ctx, _prompts(prompt), model, *sampling)
         return (yield from _events(job, usage, self._model_name(ctx, model)))
 
     @op
@@ -287,10 +303,12 @@ class Light(Worker):
         stop: Stop = None,
         seed: int | None = None,
         n: N = 1,
+        response_format: dict[str, Any] | None = None,
     ) -> Result:
         """Answer a conversation with the model's chat template."""
         prompts = [self._chat_prompt(messages)]
-        job, usage = self._start(ctx, prompts, model, max_tokens, temperature, top_p, stop, seed, n)
+        sampling = (max_tokens, temperature, top_p, stop, seed, n, response_format)
+        job, usage = self._start(ctx, prompts, model, *sampling)
         return _collect(job, usage, self._model_name(ctx, model))
 
     @op
@@ -305,10 +323,12 @@ class Light(Worker):
         stop: Stop = None,
         seed: int | None = None,
         n: N = 1,
+        response_format: dict[str, Any] | None = None,
     ) -> Events:
         """``chat``, streaming text deltas as tokens are made."""
         prompts = [self._chat_prompt(messages)]
-        job, usage = self._start(ctx, prompts, model, max_tokens, temperature, top_p, stop, seed, n)
+        sampling = (max_tokens, temperature, top_p, stop, seed, n, response_format)
+        job, usage = self._start(ctx, prompts, model, *sampling)
         return (yield from _events(job, usage, self._model_name(ctx, model)))
 
     # ---------------------------------------------------------------- internals
@@ -342,11 +362,13 @@ class Light(Worker):
         stop: str | list[str] | None,
         seed: int | None,
         n: int,
+        response_format: dict[str, Any] | None = None,
     ) -> tuple[Job, dict[str, int]]:
         check_sampling(max_tokens, temperature, top_p, n)
         self._check_rows(len(prompts), n)
         adapter = self._adapter(ctx, model)
         stops = normalize_stop(stop)
+        schema = parse_response_format(response_format, self.json_max_string)
         rows: list[Row] = []
         prompt_tokens = 0
         for prompt in prompts:
@@ -354,7 +376,7 @@ class Light(Worker):
             prompt_tokens += len(ids)
             limit = resolve_max_tokens(max_tokens, len(ids), self.backend.context_length, self.max_tokens_default)
             for choice in range(n):
-                rows.append(Row(len(rows), ids, limit, temperature, top_p, row_seed(seed, choice), stops))
+                rows.append(Row(len(rows), ids, limit, temperature, top_p, row_seed(seed, choice), stops, schema))
         job = self.backend.submit(Job(rows, adapter, lambda: ctx.cancelled))
         return job, {"prompt_tokens": prompt_tokens}
 

@@ -44,6 +44,9 @@ class _Body(BaseModel):
     n: int = Field(1, description="Choices per prompt.")
     stream: bool = Field(False, description="Answer Server-Sent Events chunks.")
     stream_options: dict[str, Any] | None = Field(None, description='{"include_usage": true} adds a usage chunk.')
+    response_format: dict[str, Any] | None = Field(
+        None, description='Structured outputs: {"type": "json_object"} or {"type": "json_schema", ...}.'
+    )
 
     def op_args(self, name: str) -> dict[str, Any]:
         """The worker op's arguments (unset fields take the op's defaults)."""
@@ -55,6 +58,7 @@ class _Body(BaseModel):
             ("top_p", self.top_p),
             ("stop", self.stop),
             ("seed", self.seed),
+            ("response_format", self.response_format),
         ):
             if value is not None:
                 args[key] = value
