@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -40,6 +40,7 @@ class OpSpec:
     takes_ctx: bool = False
     batch_param: bool = False
     args_model: type[BaseModel] | None = None
+    check: Callable[[Any, dict[str, Any], Callable[[], Any]], None] | None = None  # (worker, args, orchestrator)
     unresolved: str | None = None  # why the type hints did not resolve when @op ran (retried by ops_of)
 
     def info(self) -> dict[str, Any]:
@@ -73,18 +74,24 @@ class OpSpec:
 @overload
 def op(fn: F) -> F: ...
 @overload
-def op(*, session: bool = False, idempotent: bool = False) -> Callable[[F], F]: ...
-def op(fn: Any = None, *, session: bool = False, idempotent: bool = False) -> Any:
+def op(
+    *, session: bool = False, idempotent: bool = False, check: Callable[..., None] | None = None
+) -> Callable[[F], F]: ...
+def op(fn: Any = None, *, session: bool = False, idempotent: bool = False, check: Any = None) -> Any:
     """Mark a Worker method as callable from outside.
 
     Plain, ``async def`` and generator (streaming: each ``yield`` is an event,
     the ``return`` value is the result) methods are all supported.
     ``session=True`` ops run only inside a session; ``idempotent=True`` ops are
-    retried once on another actor when theirs crashes.
+    retried once on another actor when theirs crashes. ``check(worker, args, orchestrator)``
+    checks the validated arguments beyond their types (e.g. that a model another pool
+    serves exists; ``orchestrator()`` gives the in-cluster handle) and raises
+    InvalidArguments naming the field: jobs are checked at submit, calls before they run.
     """
 
     def mark(method: F) -> F:
-        method.__orchestrator_op__ = _build_spec(method, session=session, idempotent=idempotent)  # type: ignore[attr-defined]
+        spec = _build_spec(method, session=session, idempotent=idempotent)
+        method.__orchestrator_op__ = replace(spec, check=check) if check else spec  # type: ignore[attr-defined]
         return method
 
     return mark(fn) if fn is not None else mark

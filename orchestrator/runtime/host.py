@@ -145,7 +145,8 @@ class WorkerHost:
     def validate(self, op: str, args: dict[str, Any]) -> Failure | None:
         """Check a job's op and arguments before it is queued (submit answers 404/422 at once)."""
         try:
-            self._spec(op).validate(args, self.pool)
+            spec = self._spec(op)
+            self._checked(spec, spec.validate(args, self.pool))
         except OrchestratorError as exc:
             return Failure(self._error(exc, op))
         return None
@@ -276,7 +277,17 @@ class WorkerHost:
             raise InvalidArguments(
                 f"op {spec.name!r} keeps session state: call it inside a session", pool=self.pool, op=spec.name
             )
-        return spec.validate(args, self.pool)
+        return self._checked(spec, spec.validate(args, self.pool))
+
+    def _checked(self, spec: OpSpec, args: dict[str, Any]) -> dict[str, Any]:
+        """Run the op's own ``check`` on validated arguments (errors name this pool and op)."""
+        if spec.check is not None:
+            try:
+                spec.check(self.worker, args, self._in_cluster)
+            except OrchestratorError as exc:
+                exc.pool, exc.op = exc.pool or self.pool, exc.op or spec.name
+                raise
+        return args
 
     def _turn(self, session: str | None, seq: int | None, caller: str) -> Turn:
         return Turn(self.sessions[session] if session is not None else None, seq, caller)

@@ -1,0 +1,165 @@
+"""The heavy pool on a real local Ray: MIPROv2 as a resumable job over the light pool's offline model and a
+deterministic oracle model, evaluation, a SIGKILL mid-search, and the refusals at submit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import orchestrator
+from orchestrator import errors
+from tests.conftest import Start, actors, kill_and_wait_restart
+
+pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
+pytest.importorskip("optuna", reason="the heavy pool needs optuna: pip install -e '.[heavy]'")
+pytest.importorskip("torch", reason="the light pool needs torch: pip install -e '.[light]' (CPU: torch==2.13.0)")
+
+ROWS = [{"question": f"What is {i} plus {i + 1}?", "answer": str(2 * i + 1)} for i in range(6)]
+PROGRAM = {"signature": "question -> answer"}
+BUDGET = {
+    "num_trials": 4,
+    "num_candidates": 2,
+    "max_bootstrapped_demos": 1,
+    "max_labeled_demos": 1,
+    "minibatch_size": 2,
+    "minibatch_full_eval_steps": 2,
+}
+KINDS = ["minibatch", "minibatch", "full", "minibatch", "minibatch", "full"]  # 4 trials, a full score every 2
+
+
+@pytest.fixture(scope="module")
+def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) -> orchestrator.Orchestrator:
+    from orchestrator.models.tiny import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+    small = {"num_cpus": 0.25}
+    return start_orchestrator(
+        {
+            "light": {
+                "worker": "workers.light:Light",
+                "resources": small,
+                "limits": {"concurrency": 16, "call_timeout_s": 120},
+                "options": {"model": str(tiny), "name": "tiny", "threads": 1, "json_max_string": 24},
+            },
+            "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small, "options": {"task_delay_s": 0.5}},
+            "heavy": {
+                "worker": "workers.heavy:Heavy",
+                "resources": small,
+                "health": {"period_s": 0.5, "timeout_s": 10},
+                "sessions": {"per_worker": 1},
+                "options": {"model": "light/tiny"},
+            },
+        }
+    )
+
+
+def stream_of(job: orchestrator.Job) -> list[dict[str, Any]]:
+    return [event for _, event in job.events()]
+
+
+def test_optimize_runs_on_the_offline_model_and_its_program_loads(orch: orchestrator.Orchestrator) -> None:
+    import dspy
+
+    from orchestrator.dspy import PoolLM
+
+    job = orch.submit("heavy", "optimize", program=PROGRAM, trainset=ROWS, optimizer={**BUDGET, "num_threads": 4})
+    events = stream_of(job)
+    result = job.result()
+    stages = [e["stage"] for e in events if "stage" in e]
+    assert stages == ["bootstrap", "propose", "trials"], events
+    trials = [e for e in events if "trial" in e]
+    assert [e["trial"] for e in trials] == list(range(len(KINDS))) and [e["kind"] for e in trials] == KINDS
+    assert [e["progress"]["done"] for e in events if "progress" in e] == list(range(1, len(KINDS) + 1))
+    assert events.index(next(e for e in events if "stage" in e and e["stage"] == "trials")) < events.index(trials[0])
+    assert all(set(t["params"]) == {"0_predictor_instruction", "0_predictor_demos"} for t in trials)
+    assert result["trials"] == len(KINDS) and 0.0 <= result["baseline"] <= result["score"] <= 1.0
+
+    program = dspy.Predict("question -> answer")
+    program.load_state(result["program"])
+    with dspy.context(lm=PoolLM("light/tiny", orch)):
+        prediction = program(question="What is 2 plus 3?")
+    assert isinstance(prediction.answer, str)  # the tiny model's words, parsed from its constrained JSON
+
+
+def test_optimizer_returns_the_instruction_that_scores(orch: orchestrator.Orchestrator) -> None:
+    import dspy
+
+    from orchestrator.dspy import PoolLM
+
+    job = orch.submit("heavy", "optimize", program=PROGRAM, trainset=ROWS, model="oracle/oracle", optimizer=BUDGET)
+    result = job.result(timeout=300)
+    assert result["baseline"] == 0.0 and result["score"] == 1.0, result
+    assert "MAGIC" in result["program"]["signature"]["instructions"]
+    program = dspy.Predict("question -> answer")
+    program.load_state(result["program"])
+    with dspy.context(lm=PoolLM("oracle/oracle", orch)):
+        assert program(question="What is 20 plus 22?").answer == "42"
+
+    scored = orch.submit(
+        "heavy", "evaluate", program={**PROGRAM, "state": result["program"]}, devset=ROWS, model="oracle/oracle"
+    )
+    events = stream_of(scored)
+    assert [e["example"] for e in events if "example" in e] == list(range(len(ROWS)))
+    assert scored.result()["score"] == 1.0
+    plain = orch.submit("heavy", "evaluate", program=PROGRAM, devset=ROWS[:2], model="oracle/oracle").result()
+    assert plain["score"] == 0.0 and plain["results"][0]["prediction"] == {"answer": "no idea"}
+
+
+def test_a_killed_search_resumes_without_repeating_work(orch: orchestrator.Orchestrator) -> None:
+    args = {"program": PROGRAM, "trainset": ROWS, "model": "oracle/oracle", "optimizer": {**BUDGET, "num_threads": 1}}
+    before = orch.call("oracle", "calls")
+    clean = orch.submit("heavy", "optimize", **args).result(timeout=300)
+    middle = orch.call("oracle", "calls")
+    expected = {kind: middle[kind] - before[kind] for kind in middle}
+
+    job = orch.submit("heavy", "optimize", **args)
+    pid = actors(orch, "heavy")[0]["pid"]
+    events = []
+    for _, event in job.events():
+        events.append(event)
+        if event.get("trial") == 1:
+            kill_and_wait_restart(orch, "heavy", pid)  # SIGKILL mid-search: trial 2 is running
+    result = job.result(timeout=300)
+    after = orch.call("oracle", "calls")
+    assert actors(orch, "heavy")[0]["pid"] != pid and job.status()["attempts"] == 2, job.status()
+
+    assert [e["trial"] for e in events if "trial" in e] == list(range(len(KINDS)))  # each trial event once
+    assert [e["stage"] for e in events if "stage" in e] == ["bootstrap", "propose", "trials"]
+    assert after["propose"] - middle["propose"] == expected["propose"]  # the proposal stage ran once
+    # Finished trials were replayed, not evaluated again: only the call of the trial in flight at the kill
+    # (one, as each task call takes 0.5 s) is repeated; a finished trial would add its 2 minibatch calls.
+    assert expected["task"] <= after["task"] - middle["task"] <= expected["task"] + 1
+    assert {k: result[k] for k in ("score", "params", "baseline", "trials")} == {
+        k: clean[k] for k in ("score", "params", "baseline", "trials")
+    }  # the same search an uninterrupted run made
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metric": "bleu"}, "metric"),
+        ({"metric": "no_such_module:score"}, "metric"),
+        ({"program": {"signature": "question answer"}}, "program.signature"),
+        ({"program": {"signature": "question -> answer", "module": "react"}}, "program.module"),
+        ({"trainset": [{"question": "q"}, {"question": "r", "answer": "s"}]}, "trainset.0"),
+        ({"trainset": ROWS[:1]}, "trainset"),
+        ({"model": "nowhere/tiny"}, "model"),
+        ({"model": "light/huge"}, "model"),
+        (
+            {"prompt_model": {"model": "openai/gpt-4o-mini", "api_key_env": "NO_SUCH_KEY_VAR"}},
+            "prompt_model.api_key_env",
+        ),
+        ({"optimizer": {"num_trials": 0}}, "optimizer.num_trials"),
+        ({"optimizer": {"num_candidates": 0}}, "optimizer.num_candidates"),
+    ],
+)
+def test_bad_optimize_input_is_refused_at_submit(
+    orch: orchestrator.Orchestrator, change: dict[str, Any], field: str
+) -> None:
+    before = len(orch.jobs("heavy"))
+    with pytest.raises(errors.InvalidArguments) as refused:
+        orch.submit("heavy", "optimize", **{"program": PROGRAM, "trainset": ROWS, **change})
+    assert any(str(d.get("field", "")).startswith(field) for d in refused.value.detail or []), refused.value
+    assert refused.value.pool == "heavy" and refused.value.op == "optimize"
+    assert len(orch.jobs("heavy")) == before  # nothing queued
