@@ -31,7 +31,7 @@ dspy: Any = importlib.import_module("dspy")
 CHAT_ARGS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n", "response_format")
 
 
-class PoolLM(dspy.BaseLM):  # type: ignore[misc]
+class PoolLM(dspy.BaseLM):
     """A DSPy LM served by a pool (``model="light/tiny"``) through an orchestrator handle."""
 
     def __init__(

@@ -149,4 +149,4 @@ def metric(name: str, signature: Any) -> Metric:
         raise invalid("metric", f"cannot import {name!r} in the heavy pool: {exc}") from None
     if not callable(found):
         raise invalid("metric", f"{name!r} is not callable")
-    return found  # type: ignore[no-any-return]
+    return found

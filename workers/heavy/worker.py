@@ -110,12 +110,12 @@ class Heavy(Worker):
         signature = programs.signature_of(program)
         examples = programs.examples(devset, signature, "devset")
         score = programs.metric(metric, signature)
-        results = []
+        results: list[dict[str, Any]] = []
         lm = self._lm(ctx, model, "model")
         for scored in score_each(programs.build(program), examples, score, lm, max(1, min(num_threads, 64))):
             if ctx.cancelled:
                 break
-            event = {"example": scored.index, "score": scored.score, "prediction": scored.prediction}
+            event: dict[str, Any] = {"example": scored.index, "score": scored.score, "prediction": scored.prediction}
             if scored.error:
                 event["error"] = scored.error
             ctx.progress(done=scored.index + 1, total=len(examples))
