@@ -45,6 +45,7 @@ def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) ->
             "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small, "options": {"task_delay_s": 0.5}},
             "heavy": {
                 "worker": "workers.heavy:Heavy",
+                "env_manager": "none",  # this venv: a pool named heavy would otherwise build envs/heavy with pip
                 "resources": small,
                 "health": {"period_s": 0.5, "timeout_s": 10},
                 "sessions": {"per_worker": 1},
