@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -57,7 +58,7 @@ from orchestrator.models.tiny import build_tiny_model  # noqa: E402
 OPTIMIZE_GOAL = 1.1
 HEALTH_PERIOD_S = 0.5
 PROGRAM = {"signature": "question -> answer"}
-ROWS = [{"question": f"What is {i} plus {i + 1}?", "answer": str(2 * i + 1)} for i in range(8)]
+ROWS = json.loads((ROOT / "examples" / "arith.json").read_text())  # the README's toy task (8 rows)
 BUDGET: dict[str, Any] = {
     "num_trials": 4,
     "num_candidates": 2,

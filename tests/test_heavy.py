@@ -3,19 +3,20 @@ deterministic oracle model, evaluation, a SIGKILL mid-search, and the refusals a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 import orchestrator
 from orchestrator import errors
-from tests.conftest import Start, actors, kill_and_wait_restart
+from tests.conftest import ROOT, Start, actors, kill_and_wait_restart
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("optuna", reason="the heavy pool needs optuna: pip install -e '.[heavy]'")
 pytest.importorskip("torch", reason="the light pool needs torch: pip install -e '.[light]' (CPU: torch==2.13.0)")
 
-ROWS = [{"question": f"What is {i} plus {i + 1}?", "answer": str(2 * i + 1)} for i in range(6)]
+ROWS = json.loads((ROOT / "examples" / "arith.json").read_text())[:6]  # the README's toy task
 PROGRAM = {"signature": "question -> answer"}
 BUDGET = {
     "num_trials": 4,

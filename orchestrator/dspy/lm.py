@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import threading
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -50,8 +49,6 @@ class PoolLM(dspy.BaseLM):
         super().__init__(model=model, model_type="chat", temperature=temperature, max_tokens=max_tokens, **kwargs)
         self.pool, self.name, self.structured = pool, name or None, structured
         self._handle = orchestrator
-        self.calls = 0  # chat calls sent (all threads)
-        self._count = threading.Lock()
 
     @property
     def orchestrator(self) -> Orchestrator:
@@ -94,8 +91,6 @@ class PoolLM(dspy.BaseLM):
                 args[key] = merged[key]
         if "response_format" in args:
             args["response_format"] = response_format(args["response_format"])
-        with self._count:
-            self.calls += 1
         return args
 
 

@@ -148,7 +148,7 @@ def mipro(
             ctx.checkpoint(state)
         if "baseline" not in state:
             state["baseline"] = mean_score(student, valset, metric, task_lm, threads)
-            state["best"] = {"score": state["baseline"], "params": default_params(student, state)}
+            state["best"] = {"score": state["baseline"], "params": default_params(state)}
             yield {"stage": "trials", "baseline": state["baseline"], "total": len(kinds)}
             ctx.checkpoint(state)
 
@@ -156,7 +156,7 @@ def mipro(
             name: optuna.distributions.CategoricalDistribution(range(size)) for name, size in sizes(state).items()
         }
         study = optuna.create_study(direction="maximize")
-        replay = [{"params": default_params(student, state), "score": state["baseline"]}, *state["trials"]]
+        replay = [{"params": default_params(state), "score": state["baseline"]}, *state["trials"]]
         for done in replay:  # the baseline and finished trials: replayed into the sampler, not evaluated again
             trial = optuna.trial.create_trial(params=done["params"], distributions=distributions, value=done["score"])
             study.add_trial(trial)
@@ -202,7 +202,7 @@ def sizes(state: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def default_params(student: Any, state: dict[str, Any]) -> dict[str, int]:
+def default_params(state: dict[str, Any]) -> dict[str, int]:
     """The unoptimized program: each predictor's first instruction (its own) and first demo set."""
     return dict.fromkeys(sizes(state), 0)
 

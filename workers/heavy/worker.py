@@ -23,6 +23,7 @@ Events = Generator[dict[str, Any], None, dict[str, Any]]
 
 def check_models(args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
     """Every pool model a job names is served now; an endpoint's key variable is set in this pool."""
+    pools: list[str] | None = None
     for field in ("model", "prompt_model"):
         spec = args.get(field)
         if isinstance(spec, Endpoint) and spec.api_key_env and spec.api_key_env not in os.environ:
@@ -31,8 +32,9 @@ def check_models(args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
             continue
         pool, _, name = spec.partition("/")
         handle = orchestrator()
-        if pool not in handle.pools():
-            raise programs.invalid(field, f"no pool {pool!r} (pools: {', '.join(handle.pools())})")
+        pools = pools if pools is not None else handle.pools()
+        if pool not in pools:
+            raise programs.invalid(field, f"no pool {pool!r} (pools: {', '.join(pools)})")
         served = [m["id"] for m in handle.call(pool, "models")]
         if name and name not in served:
             raise programs.invalid(field, f"pool {pool!r} serves no model {name!r} (models: {', '.join(served)})")
