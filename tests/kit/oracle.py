@@ -4,7 +4,9 @@ its instructions say MAGIC, and its proposals are MAGIC instructions.
 Served like a light pool (``chat`` and ``models`` ops, structured outputs by
 filling the response schema's fields), it makes an optimization run's outcome
 known in advance, and it counts the calls it gets by kind (``propose``: any
-schema without an ``answer`` field; ``task``: the program's own calls).
+schema without an ``answer`` field, or free text such as GEPA's reflection,
+answered with the MAGIC instruction in a fenced block; ``task``: the program's
+own calls).
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ class Oracle(Worker):
             found = QUESTION.findall(str(messages[-1].get("content")))
             right = str(int(found[-1][0]) + int(found[-1][1])) if found else "?"
             answer = {f: "" for f in fields} | {"answer": right if "MAGIC" in system else "no idea"}
+            text = json.dumps(answer)
+        elif response_format is None:  # free text: GEPA's reflection reads the instruction from a fenced block
+            text = f"```\n{MAGIC}\n```"
         else:
-            answer = {f: MAGIC for f in fields}
-        text = json.dumps(answer)
+            text = json.dumps({f: MAGIC for f in fields})
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
         return {
             "model": "oracle/oracle",

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.errors import InvalidArguments
 
@@ -34,13 +34,18 @@ class Program(BaseModel):
     state: dict[str, Any] | None = Field(None, description="A program state (dump_state) to start from.")
 
 
+OptimizerName = Literal["mipro", "gepa"]
+
+
 class Budget(BaseModel):
     """Which optimizer, and how much it may spend."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Literal["mipro"] = "mipro"
+    name: OptimizerName = "mipro"
     auto: Literal["light", "medium", "heavy"] | None = Field(None, description="DSPy's presets (sets the counts).")
-    num_trials: int = Field(8, ge=1, le=1000, description="Search trials (with auto unset).")
+    num_trials: int = Field(
+        8, ge=1, le=1000, description="MIPROv2: search trials; GEPA: full evaluations of the data (with auto unset)."
+    )
     num_candidates: int = Field(3, ge=1, le=50, description="Instruction and demo-set candidates (with auto unset).")
     max_bootstrapped_demos: int = Field(2, ge=0, le=16)
     max_labeled_demos: int = Field(2, ge=0, le=16)
@@ -48,6 +53,33 @@ class Budget(BaseModel):
     minibatch_full_eval_steps: int = Field(5, ge=1, le=100)
     seed: int = 9
     num_threads: int = Field(8, ge=1, le=64, description="Concurrent evaluation calls.")
+    # GEPA only
+    max_metric_calls: int | None = Field(None, ge=1, description="GEPA: its budget in metric calls.")
+    reflection_minibatch_size: int = Field(3, ge=1, le=100, description="GEPA: examples per reflection.")
+    use_merge: bool = Field(True, description="GEPA: also merge candidates from the Pareto front.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value  # "gepa" is short for {"name": "gepa"}
+
+
+ONLY = {
+    "mipro": {"num_candidates", "max_bootstrapped_demos", "max_labeled_demos", "minibatch_size"}
+    | {"minibatch_full_eval_steps"},
+    "gepa": {"max_metric_calls", "reflection_minibatch_size", "use_merge"},
+}
+
+
+def budget(value: Budget | None) -> Budget:
+    """The optimizer's settings; a setting that belongs to the other optimizer is refused, naming it,
+    rather than silently ignored."""
+    chosen = value or Budget()
+    for other, fields in ONLY.items():
+        wrong = sorted(fields & chosen.model_fields_set) if other != chosen.name else []
+        if wrong:
+            raise invalid(f"optimizer.{wrong[0]}", f"applies to {other} only (this run uses {chosen.name})")
+    return chosen
 
 
 class Endpoint(BaseModel):

@@ -16,6 +16,7 @@ from orchestrator import Context, Worker, op
 from orchestrator.dspy import lm_for
 from workers.heavy import programs
 from workers.heavy.programs import Budget, Endpoint, Program
+from workers.heavy.reflective import gepa
 from workers.heavy.search import mipro, score_each
 
 Events = Generator[dict[str, Any], None, dict[str, Any]]
@@ -59,6 +60,7 @@ class Heavy(Worker):
     def _check_optimize(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
         if len(args["trainset"]) < 2 and not args.get("valset"):
             raise programs.invalid("trainset", "needs at least 2 rows when no valset is given")
+        programs.budget(args.get("optimizer"))
         check_task(args, orchestrator, ("trainset", "valset"))
 
     def _check_evaluate(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
@@ -76,16 +78,19 @@ class Heavy(Worker):
         model: str | Endpoint | None = None,
         prompt_model: str | Endpoint | None = None,
     ) -> Events:
-        """Optimize a DSPy program's instructions and demos (MIPROv2); run it as a job.
+        """Optimize a DSPy program's instructions and demos (MIPROv2) or instructions (GEPA); run it as a job.
 
-        Events: ``{"stage": ...}``, then one ``{"trial", "score", "best", "params", "kind"}`` per
-        trial, with progress. Result: ``{"program": <dspy state>, "score", "baseline", "trials"}``.
+        Events: ``{"stage": ...}``, then one event per MIPROv2 trial (``{"trial", "score", "best", "params",
+        "kind"}``) or GEPA iteration (``{"iteration", "accepted", "score", "best", "candidates",
+        "metric_calls"}``), with progress. Result: ``{"program": <dspy state>, "score", "baseline", "trials"}``.
         """
         signature = programs.signature_of(program)
         task_lm = self._lm(ctx, model, "model")
         prompt_lm = self._lm(ctx, prompt_model or model, "prompt_model")
+        settings = programs.budget(optimizer)
+        search = gepa if settings.name == "gepa" else mipro
         return (
-            yield from mipro(
+            yield from search(
                 ctx,
                 programs.build(program),
                 programs.examples(trainset, signature, "trainset"),
@@ -93,7 +98,7 @@ class Heavy(Worker):
                 programs.metric(metric, signature),
                 task_lm,
                 prompt_lm,
-                optimizer or Budget(),
+                settings,
             )
         )
 
