@@ -18,6 +18,7 @@
     ├── SessionLost            session_lost          410
     ├── JobNotFound            job_not_found         404
     ├── JobCancelled           job_cancelled         409
+    ├── FileNotFound           file_not_found        404
     ├── GpuOom                 gpu_oom               507
     ├── DependencyMissing      dependency_missing    500
     └── OpFailed               op_failed             500
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ERROR_CLASSES",
     "DependencyMissing",
+    "FileNotFound",
     "Forbidden",
     "GpuOom",
     "InvalidArguments",
@@ -234,6 +236,13 @@ class JobCancelled(OrchestratorError):
     http_status = 409
 
 
+class FileNotFound(OrchestratorError):
+    """No uploaded file of that id (never uploaded, or deleted)."""
+
+    code = "file_not_found"
+    http_status = 404
+
+
 class GpuOom(OrchestratorError):
     """CUDA ran out of memory, even after halving ``batch_size`` down to 1."""
 
@@ -281,6 +290,7 @@ ERROR_CLASSES: dict[str, type[OrchestratorError]] = {
         SessionLost,
         JobNotFound,
         JobCancelled,
+        FileNotFound,
         GpuOom,
         DependencyMissing,
         OpFailed,

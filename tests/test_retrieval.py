@@ -212,6 +212,17 @@ def test_openai_client_embeddings_create(orch: orchestrator.Orchestrator, gatewa
     assert missing.value.body["param"] == "model"  # type: ignore[index]
 
 
+def test_openai_client_models_list_shows_the_embedding_model(gateway: GatewayProcess) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    listed = {model.id: model for model in client.models.list()}
+    assert f"{POOL}/all-MiniLM-L6-v2" in listed, listed
+    assert listed[f"{POOL}/all-MiniLM-L6-v2"].owned_by == POOL
+    assert client.models.retrieve(f"{POOL}/all-MiniLM-L6-v2").id == f"{POOL}/all-MiniLM-L6-v2"
+    for model_id in listed:  # every listed id is one the embeddings route takes
+        assert len(client.embeddings.create(model=model_id, input="x").data) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [

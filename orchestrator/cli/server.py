@@ -90,9 +90,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     """Serve only the HTTP gateway for an orchestrator already running on a Ray cluster.
 
     Its settings are the ``gateway`` section of ``--config`` (defaults without
-    one), then the flags; ``ORCHESTRATOR_TOKEN`` is a token too. SIGHUP re-reads
-    the tokens from ``--config``.
+    one), then the flags; ``ORCHESTRATOR_TOKEN`` is a token too; the ``files``
+    section sizes uploads. SIGHUP re-reads the tokens from ``--config``.
     """
+    from orchestrator.config import load_config
     from orchestrator.dataplane.handles import connect
     from orchestrator.gateway import check_bind, serve
 
@@ -116,6 +117,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             on_ready=ready,
             on_shutdown=stop_parent if args.stop_parent else None,
             reload=options if args.config else None,
+            uploads=load_config(args.config).files if args.config else None,
         )
     finally:
         orch.close()

@@ -23,11 +23,11 @@ def requirements(env_dir: Path | None) -> list[str]:
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
-def runtime_env(spec: Pool, env_dir: Path | None) -> dict[str, Any]:
-    """The Ray runtime_env for one pool's actors."""
+def runtime_env(spec: Pool, env_dir: Path | None, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Ray runtime_env for one pool's actors (``env_vars``: the orchestrator's own, beside the pool's)."""
     env: dict[str, Any] = {}
-    if spec.env_vars:
-        env["env_vars"] = dict(spec.env_vars)
+    if spec.env_vars or env_vars:
+        env["env_vars"] = {**dict(spec.env_vars or {}), **(env_vars or {})}
     if spec.py_executable:
         env["py_executable"] = spec.py_executable
         return env

@@ -248,6 +248,20 @@ class JobOptions(_Model):
     )
 
 
+class FileOptions(_Model):
+    """Files uploaded through the OpenAI Files API (``POST /v1/files``), kept in ``state_dir/files``."""
+
+    max_bytes: int = Field(
+        512 * 1024**2,
+        ge=1,
+        description="Largest file one upload may store, e.g. 512MiB; larger gets 413. The gateway accepts "
+        "multipart bodies up to this plus a little for the form's envelope on POST /v1/files only "
+        "(gateway.max_body still bounds every other route).",
+    )
+
+    _bytes = field_validator("max_bytes", mode="before")(lambda v: parse_bytes(v))
+
+
 class RayOptions(_Model):
     """How the orchestrator reaches Ray."""
 
@@ -269,6 +283,7 @@ class Config(_Model):
     debug: bool = Field(False, description="Include tracebacks in op_failed errors.")
     gateway: GatewayOptions = Field(default_factory=GatewayOptions, description="The HTTP gateway.")
     jobs: JobOptions = Field(default_factory=JobOptions, description="Long-running jobs.")
+    files: FileOptions = Field(default_factory=FileOptions, description="Uploaded files (the OpenAI Files API).")
     pools: dict[str, Pool] = Field(default_factory=dict, description="The pools, by name.")
     base_dir: str = Field(".", description="Folder pools.yaml was read from (set by the loader).")
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from orchestrator.contract.paths import state_dir
 
 if TYPE_CHECKING:
     from orchestrator.dataplane.handles import Orchestrator
@@ -43,6 +46,16 @@ class Context:
         if self._checkpoint is None:
             raise RuntimeError("checkpoint() needs a session or a job: this call has neither")
         self._checkpoint(self.state if obj is None else obj)
+
+    @property
+    def job_dir(self) -> Path:
+        """This job's own folder, ``state_dir/jobs/<job id>`` (created on first use), the same for every
+        re-run: for files too large for a checkpoint (a trainer's checkpoints), recorded with ``checkpoint``."""
+        if self.job_id is None:
+            raise RuntimeError("job_dir needs a job: this call is not one")
+        folder = state_dir() / "jobs" / self.job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def progress(self, **fields: Any) -> None:
         """Report progress (e.g. ``done=3, total=10``): in a job, a ``{"progress": {...}}`` event; always in status."""

@@ -9,9 +9,20 @@ naming the field, before the op touches the file system.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from orchestrator.errors import InvalidArguments
+
+STATE_DIR_ENV = "ORCHESTRATOR_STATE_DIR"  # set in every pool actor's environment by the supervisor
+FINE_TUNED = "fine-tuned/"  # an adapter path under state_dir/adapters, where fine-tuning jobs save them
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}", re.ASCII)  # an adapter, served as model <pool>/<name>
+
+
+def state_dir() -> Path:
+    """The orchestrator's ``state_dir`` as a pool actor sees it (on a cluster: shared storage, mounted alike)."""
+    return Path(os.environ.get(STATE_DIR_ENV, ".orchestrator")).expanduser().resolve()
 
 
 def confined_path(root: str | Path, path: str, field: str = "path", op: str | None = None) -> Path:

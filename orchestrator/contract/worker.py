@@ -41,6 +41,9 @@ class OpSpec:
     batch_param: bool = False
     args_model: type[BaseModel] | None = None
     check: Callable[[Any, dict[str, Any], Callable[[], Any]], None] | None = None  # (worker, args, orchestrator)
+    pool_wide: bool = False  # runs on every actor of the pool (through the coordinator)
+    remember: str | None = None  # pool-wide, replayed on actors that start later: key template, e.g. "adapter:{name}"
+    forget: str | None = None  # pool-wide, and drops the remembered call of this key
     unresolved: str | None = None  # why the type hints did not resolve when @op ran (retried by ops_of)
 
     def info(self) -> dict[str, Any]:
@@ -51,6 +54,9 @@ class OpSpec:
             "session": self.session,
             "stream": self.stream,
             "idempotent": self.idempotent,
+            "pool_wide": self.pool_wide,
+            "remember": self.remember,
+            "forget": self.forget,
             "params": schema,
         }
 
@@ -75,9 +81,24 @@ class OpSpec:
 def op(fn: F) -> F: ...
 @overload
 def op(
-    *, session: bool = False, idempotent: bool = False, check: Callable[..., None] | None = None
+    *,
+    session: bool = False,
+    idempotent: bool = False,
+    check: Callable[..., None] | None = None,
+    pool_wide: bool = False,
+    remember: str | None = None,
+    forget: str | None = None,
 ) -> Callable[[F], F]: ...
-def op(fn: Any = None, *, session: bool = False, idempotent: bool = False, check: Any = None) -> Any:
+def op(
+    fn: Any = None,
+    *,
+    session: bool = False,
+    idempotent: bool = False,
+    check: Any = None,
+    pool_wide: bool = False,
+    remember: str | None = None,
+    forget: str | None = None,
+) -> Any:
     """Mark a Worker method as callable from outside.
 
     Plain, ``async def`` and generator (streaming: each ``yield`` is an event,
@@ -87,11 +108,24 @@ def op(fn: Any = None, *, session: bool = False, idempotent: bool = False, check
     checks the validated arguments beyond their types (e.g. that a model another pool
     serves exists; ``orchestrator()`` gives the in-cluster handle) and raises
     InvalidArguments naming the field: jobs are checked at submit, calls before they run.
+
+    ``pool_wide=True`` ops run on every ready actor of the pool (e.g. loading an
+    adapter every actor must serve); the caller gets the first actor's result, and
+    an actor that fails while others succeed is replaced. ``remember="adapter:{name}"``
+    (a key formatted from the arguments) also makes the coordinator keep the call,
+    durably, and replay it on every actor that starts later, a later call of the
+    same key replacing it; ``forget="adapter:{name}"`` drops it. Such ops must be
+    idempotent: an actor starting during the call may get it twice.
     """
+    if session and (pool_wide or remember or forget):
+        raise TypeError("@op: a session op runs on its session's actor; it cannot be pool-wide")
 
     def mark(method: F) -> F:
         spec = _build_spec(method, session=session, idempotent=idempotent)
-        method.__orchestrator_op__ = replace(spec, check=check) if check else spec  # type: ignore[attr-defined]
+        spec = replace(spec, check=check, pool_wide=bool(pool_wide or remember or forget), remember=remember)
+        if spec.stream and spec.pool_wide:
+            raise TypeError(f"@op {spec.name}: a streaming op cannot be pool-wide")
+        method.__orchestrator_op__ = replace(spec, forget=forget)  # type: ignore[attr-defined]
         return method
 
     return mark(fn) if fn is not None else mark
@@ -149,7 +183,10 @@ def ops_of(cls: type) -> dict[str, OpSpec]:
             continue
         if spec.unresolved is not None:
             assert method is not None
+            marked = spec  # what @op recorded beside the arguments (check, pool_wide...) carries over
             spec = _build_spec(method, session=spec.session, idempotent=spec.idempotent)
+            spec = replace(spec, check=marked.check, pool_wide=marked.pool_wide, remember=marked.remember)
+            spec = replace(spec, forget=marked.forget)
             if spec.unresolved is not None:
                 raise InvalidConfig(
                     f"{cls.__name__}.{name}: @op {name}'s type hints cannot be resolved ({spec.unresolved}); "

@@ -5,7 +5,8 @@
     ├── SessionTable   sessions.py     placement, reaping, checkpoints, restore
     ├── RoutingTable   routing.py      the versioned table routers long-poll
     ├── JobRunner      jobs.py         queues, runs, retries, event logs (through ``JobHost``)
-    └── Store          store.py        SQLite: sessions, checkpoints, jobs, events
+    ├── FileTable      files.py        uploaded files (OpenAI's Files API), checked before they are stored
+    └── Store          store.py        SQLite: sessions, checkpoints, jobs, events, files
 
 It is never on the call path. Its loop runs each part's step and catches and
 logs each step's failure: the loop never dies. A task it spawns that fails is
@@ -33,7 +34,9 @@ import ray
 
 from orchestrator import metrics
 from orchestrator.config.schema import Config
+from orchestrator.control.files import FileTable
 from orchestrator.control.jobs import JobRunner
+from orchestrator.control.poolcalls import PoolCalls
 from orchestrator.control.pools import PoolState
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.sessions import SessionTable
@@ -63,6 +66,9 @@ class Coordinator:
         self.session_table = SessionTable(self.pools, self.store, self.routing_table)
         self.supervisor = Supervisor(self.config, self.pools, self.routing_table, self.session_table, self.spawn)
         self.jobs = JobRunner(self, self.store, self.config.jobs)
+        self.files = FileTable(self.store, self.config.files)
+        self.pool_calls = PoolCalls(self.store, self.pools, self.supervisor.recycle)
+        self.supervisor.replay = self.pool_calls.replay
         for name, spec in self.config.pools.items():
             self.pools[name] = PoolState(name, spec)
         self.boot_task = asyncio.get_running_loop().create_task(self._boot())
@@ -154,6 +160,11 @@ class Coordinator:
         await self._booted()
         await self.supervisor.recycle(pool_name, index, gen, reason)
 
+    async def pool_call(self, pool_name: str, op: str, args: dict[str, Any]) -> Any:
+        """Run a pool-wide op on every ready actor of a pool (see :mod:`orchestrator.control.poolcalls`)."""
+        await self._booted()
+        return await self.pool_calls.run(pool_name, op, args)
+
     async def put_checkpoint(self, key: str, blob: bytes) -> None:
         """Persist a checkpoint (called by actors before they answer); the write runs off the event loop."""
         await self._booted()
@@ -223,6 +234,28 @@ class Coordinator:
         """Called by the actor running a job: persist its resume point (a Failure if that run is stale)."""
         await self._booted()
         return await self.jobs.checkpoint(job_id, blob, position, call_id)
+
+    # ---------------------------------------------------------------- files
+    # Uploads and deletions (disk writes, and parsing a whole training file) and content reads run off the loop.
+    async def put_file(self, filename: str, purpose: str, data: bytes) -> Any:
+        """Check and store an uploaded file; its OpenAI file object (or a Failure naming what is wrong)."""
+        return await asyncio.to_thread(self.files.put, filename, purpose, data)
+
+    def list_files(self, purpose: str | None = None) -> Any:
+        """File objects, newest first (of one purpose when given)."""
+        return self.files.list(purpose)
+
+    def get_file(self, file_id: str) -> Any:
+        """One file object (or a Failure: file_not_found)."""
+        return self.files.get(file_id)
+
+    async def file_content(self, file_id: str) -> Any:
+        """A file's bytes (or a Failure: file_not_found)."""
+        return await asyncio.to_thread(self.files.content, file_id)
+
+    async def delete_file(self, file_id: str) -> Any:
+        """Delete a file; ``{"id", "object": "file", "deleted": True}`` (or a Failure: file_not_found)."""
+        return await asyncio.to_thread(self.files.delete, file_id)
 
     # --------------------------------------------------------------- status
     async def status(self) -> dict[str, Any]:

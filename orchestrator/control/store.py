@@ -1,13 +1,14 @@
 """The durable store: SQLite (WAL) in ``state_dir``.
 
 One small interface over one file: session records, checkpoints, jobs and
-their event logs. Large checkpoints go to files under ``state_dir/checkpoints``
-with only their path in the database. The schema carries a version and is
+their event logs, uploaded files. Large checkpoints go to files under
+``state_dir/checkpoints`` and uploaded files to ``state_dir/files/<id>``, with
+only their path in the database. The schema carries a version and is
 created on first use.
 
 Durability: session and job records and checkpoints are fsynced as they
-commit (WAL with ``synchronous=FULL``), and a checkpoint file is written to a
-temporary name, fsynced, renamed and its folder fsynced: what a call reported
+commit (WAL with ``synchronous=FULL``), and a checkpoint or uploaded file is written
+to a temporary name, fsynced, renamed and its folder fsynced: what a call reported
 as stored survives a crash of the process and of the machine. Job events are
 appended on a second connection with ``synchronous=NORMAL``: committed (so a
 process crash loses none) but fsynced with the next record or checkpoint
@@ -31,7 +32,7 @@ from typing import Any
 
 from orchestrator.types import job_key
 
-SCHEMA_VERSION = 2  # 2: jobs and job_events
+SCHEMA_VERSION = 3  # 2: jobs and job_events; 3: pool_calls (and files)
 INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
 
 _SCHEMA = """
@@ -52,6 +53,14 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, pool);
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS pool_calls (
+    pool TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (pool, key)
+);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL,
+    created REAL NOT NULL, path TEXT NOT NULL
 );
 """
 
@@ -110,6 +119,27 @@ class Store:
         with self.lock:
             self.db.execute("DELETE FROM checkpoints WHERE key=?", (f"quarantine:{key}",))
             self.db.execute("UPDATE checkpoints SET key=? WHERE key=?", (f"quarantine:{key}", key))
+
+    def remember_call(self, pool: str, key: str, op: str, args: dict[str, Any]) -> None:
+        """Keep a pool-wide call for actors that start later (replacing the one of the same key)."""
+        with self.lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO pool_calls (pool, key, op, args, updated) VALUES (?, ?, ?, ?, ?)",
+                (pool, key, op, pickle.dumps(args), time.time()),
+            )
+
+    def forget_call(self, pool: str, key: str) -> None:
+        """Drop a remembered pool-wide call."""
+        with self.lock:
+            self.db.execute("DELETE FROM pool_calls WHERE pool=? AND key=?", (pool, key))
+
+    def remembered_calls(self, pool: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """A pool's remembered calls as ``(key, op, args)``, oldest first (the order to replay them in)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT key, op, args FROM pool_calls WHERE pool=? ORDER BY updated, key", (pool,)
+            ).fetchall()
+        return [(key, op, pickle.loads(args)) for key, op, args in rows]
 
     def open_sessions(self) -> list[dict[str, Any]]:
         """The sessions not closed (what a restarted coordinator reloads)."""
@@ -240,6 +270,52 @@ class Store:
             self.delete_checkpoint(job_key(job_id))
         return len(ids)
 
+    # ----------------------------------------------------------------- files
+    def put_file(self, record: dict[str, Any], data: bytes) -> None:
+        """Store an uploaded file: its bytes under ``files/<id>`` (durably), then its row.
+
+        ``record`` holds id, filename, purpose and created; ``bytes`` and ``path`` are set here.
+        A crash between the two leaves an unlisted file, never a row without its bytes.
+        """
+        folder = self.dir / "files"
+        folder.mkdir(exist_ok=True)
+        path = f"files/{record['id']}"  # relative: the state_dir may move
+        _write_durably(self.dir / path, data)
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO files (id, filename, purpose, bytes, created, path) VALUES (?,?,?,?,?,?)",
+                (record["id"], record["filename"], record["purpose"], len(data), record["created"], path),
+            )
+
+    def list_files(self, purpose: str | None = None) -> list[dict[str, Any]]:
+        """Uploaded files' rows, newest first, optionally of one purpose."""
+        clause, params = ("WHERE purpose=?", (purpose,)) if purpose is not None else ("", ())
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files {clause} ORDER BY created DESC, id", params
+            ).fetchall()
+        return [_file(row) for row in rows]
+
+    def get_file(self, file_id: str) -> dict[str, Any] | None:
+        """One uploaded file's row, or None."""
+        with self.lock:
+            row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id=?", (file_id,)).fetchone()
+        return _file(row) if row else None
+
+    def read_file(self, file_id: str) -> bytes | None:
+        """An uploaded file's bytes, or None if there is no such file."""
+        record = self.get_file(file_id)
+        return (self.dir / record["path"]).read_bytes() if record else None
+
+    def delete_file(self, file_id: str) -> bool:
+        """Forget an uploaded file (its row, then its bytes); False if there was none."""
+        with self.lock:
+            row = self.db.execute("SELECT path FROM files WHERE id=?", (file_id,)).fetchone()
+            self.db.execute("DELETE FROM files WHERE id=?", (file_id,))
+        if row:
+            (self.dir / row[0]).unlink(missing_ok=True)
+        return row is not None
+
     def close(self) -> None:
         """Close the database."""
         with self.lock:
@@ -272,6 +348,13 @@ def _write_durably(file: Path, blob: bytes) -> None:
 _JOB_COLUMNS = (
     "id, pool, op, args, session, status, max_retries, attempts, created, started, finished, result, error, events"
 )
+
+
+_FILE_COLUMNS = "id, filename, purpose, bytes, created, path"
+
+
+def _file(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip([name.strip() for name in _FILE_COLUMNS.split(",")], row, strict=True))
 
 
 def _job(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ray.exceptions import RayActorError, RuntimeEnvSetupError
 from orchestrator import metrics
 from orchestrator.config.envs import runtime_env
 from orchestrator.config.schema import Config
+from orchestrator.contract.paths import STATE_DIR_ENV
 from orchestrator.control import cluster
 from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, demanded, pending_reason
@@ -63,6 +64,7 @@ class Supervisor:
         self.sessions = sessions
         self.spawn = spawn
         self.next_gen: dict[tuple[str, int], int] = {}  # after a stray is killed, its slot's next generation
+        self.replay: Callable[[PoolState, ActorSlot], Coroutine[Any, Any, None]] | None = None  # pool-wide calls
 
     # ---------------------------------------------------------------- launch
     def launch(self, pool: PoolState, slot: ActorSlot) -> None:
@@ -77,7 +79,7 @@ class Supervisor:
             "max_concurrency": spec.limits.concurrency,
             "max_restarts": 0,  # the supervisor restarts it (with its sessions), not Ray
             "lifetime": "detached",  # it outlives the coordinator, which adopts it after a restart
-            "runtime_env": runtime_env(spec, env_dir),
+            "runtime_env": runtime_env(spec, env_dir, {STATE_DIR_ENV: str(self.config.state_path())}),
         }
         if spec.resources.memory:
             options["memory"] = spec.resources.memory
@@ -149,6 +151,8 @@ class Supervisor:
             log.exception("pool %s, actor %s: giving the actor its sessions failed", pool.name, slot.name)
             await self._replace(pool, slot, gen, f"restoring sessions failed: {first_line(exc)}")
             return
+        if event == "ready" and self.replay is not None:  # a new process: give it the remembered pool-wide calls
+            await self.replay(pool, slot)
         if slot.gen != gen or slot.state in ("stopped", "dead"):
             return
         slot.state, slot.reason, slot.since, slot.last_ping = "ready", None, time.time(), time.monotonic()

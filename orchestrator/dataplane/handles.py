@@ -106,7 +106,8 @@ class Orchestrator:
         batch larger than the queue waits for room instead of being refused.
         """
         router = self.router
-        router.check_op(pool, op)
+        if router.check_op(pool, op).get("pool_wide"):
+            return [self.call(pool, op, **args) for args in calls]
         results: list[Any] = [None] * len(calls)
         inflight: dict[Any, tuple[int, dict[str, Any]]] = {}
         pending = list(enumerate(calls))[::-1]
@@ -184,6 +185,31 @@ class Orchestrator:
     def jobs(self, pool: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Jobs, newest first, optionally of one pool and/or status."""
         return list(ray.get(self.coordinator.list_jobs.remote(pool, status)))
+
+    # ---------------------------------------------------------------- files
+    def upload_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        """Store a file (OpenAI's Files API); its file object ``{"id": "file-…", "object": "file", ...}``.
+
+        ``purpose`` is one of OpenAI's (``fine-tune``, ``batch``, ``assistants``, ``user_data``, ``evals``,
+        ``vision``); a ``fine-tune`` file must be chat or prompt/completion JSONL (the first bad line is named).
+        """
+        return dict(unwrap(ray.get(self.coordinator.put_file.remote(filename, purpose, data))))
+
+    def files(self, purpose: str | None = None) -> list[dict[str, Any]]:
+        """Uploaded files' objects, newest first (of one purpose when given)."""
+        return list(unwrap(ray.get(self.coordinator.list_files.remote(purpose))))
+
+    def file(self, file_id: str) -> dict[str, Any]:
+        """One file's object (file_not_found if there is none)."""
+        return dict(unwrap(ray.get(self.coordinator.get_file.remote(file_id))))
+
+    def file_content(self, file_id: str) -> bytes:
+        """A file's bytes (file_not_found if there is none)."""
+        return bytes(unwrap(ray.get(self.coordinator.file_content.remote(file_id))))
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        """Delete a file; ``{"id", "object": "file", "deleted": True}`` (file_not_found if there is none)."""
+        return dict(unwrap(ray.get(self.coordinator.delete_file.remote(file_id))))
 
     # ------------------------------------------------------------ shutdown
     def shutdown(self, drain_s: float = 30.0) -> dict[str, Any]:

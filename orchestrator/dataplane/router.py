@@ -202,6 +202,8 @@ class Router:
         retried = False
         while True:
             version = self.table["version"]
+            if session is None and self.check_op(pool, op).get("pool_wide"):  # every actor, via the coordinator
+                return unwrap((yield ("get", self.coordinator.pool_call.remote(pool, op, args), limit)))
             actor = self._target(pool, session, exclude)
             if actor is LOCAL:
                 return unwrap(self.local_host.call((op, args, session.id if session else None, None, "", ""), True))

@@ -21,14 +21,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.config.schema import GatewayOptions
+from orchestrator.config.schema import FileOptions, GatewayOptions
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
 from orchestrator.gateway.calls import ADMIN_BODY
 from orchestrator.gateway.docs import publish_ops
 from orchestrator.gateway.guard import Guard, Origins, Tokens, check_bind, error_response, served_hosts
 from orchestrator.gateway.metered import Metered
-from orchestrator.gateway.openai import chat, embeddings
+from orchestrator.gateway.openai import chat, embeddings, files
 from orchestrator.gateway.routes import jobs, pools, sessions
 
 
@@ -36,9 +36,14 @@ def create_app(
     orch: Orchestrator,
     options: GatewayOptions | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    uploads: FileOptions | None = None,
 ) -> FastAPI:
-    """The gateway app over a running orchestrator, behind its guards (``app.state.tokens`` can be replaced)."""
+    """The gateway app over a running orchestrator, behind its guards (``app.state.tokens`` can be replaced).
+
+    ``uploads`` (the config's ``files``) sets how large a body ``POST /v1/files`` lets through.
+    """
     options = options or GatewayOptions()
+    uploads = uploads or FileOptions()
     app = FastAPI(title="orchestrator", version="0.1.0", description="Supervised pools of Ray actors.")
 
     @app.exception_handler(OrchestratorError)
@@ -79,12 +84,18 @@ def create_app(
             on_shutdown()
             return {"status": "shutting down"}
 
-    for family in (pools, sessions, jobs, chat, embeddings):
+    for family in (pools, sessions, jobs, chat, embeddings, files):
         app.include_router(family.router(orch))
     publish_ops(app, orch)
     app.state.tokens = Tokens(options.credentials())
     # Added innermost first: Metered -> Origins (Host, Origin) -> CORS (preflights) -> Guard (token, body) -> routes.
-    app.add_middleware(Guard, tokens=app.state.tokens, max_body=options.max_body, max_json_depth=options.max_json_depth)
+    app.add_middleware(
+        Guard,
+        tokens=app.state.tokens,
+        max_body=options.max_body,
+        max_json_depth=options.max_json_depth,
+        max_file=uploads.max_bytes,
+    )
     if options.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -104,6 +115,7 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
     reload: Callable[[], GatewayOptions] | None = None,
+    uploads: FileOptions | None = None,
 ) -> None:
     """Serve the gateway with uvicorn until SIGINT/SIGTERM (or POST /v1/shutdown, when ``on_shutdown`` is given).
 
@@ -121,7 +133,7 @@ def serve(
                 bound = self.servers[0].sockets[0].getsockname() if self.servers else (settings.host, settings.port)
                 on_ready(f"http://{bound[0]}:{bound[1]}")
 
-    app = create_app(orch, settings, on_shutdown=on_shutdown)
+    app = create_app(orch, settings, on_shutdown=on_shutdown, uploads=uploads)
     if reload is not None:
         signal.signal(signal.SIGHUP, lambda *_: _reload_tokens(app, reload))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)

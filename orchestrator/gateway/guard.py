@@ -13,6 +13,9 @@ preflight from an allowed origin is answered without a token):
   send text/plain or a form cross-site without asking); admin routes take JSON
   only, so a browser cannot reach them without a preflight; the body is read
   against ``max_body`` (413) and its nesting against ``max_json_depth`` (422).
+  One exception: ``POST /v1/files`` (OpenAI's upload) takes multipart/form-data
+  too, up to ``max_file`` (``files.max_bytes``) plus the form's envelope, and
+  still only with the token; a body of known length streams on to the route.
 
 Refusals are the DESIGN error body with their status, and nothing behind a
 guard runs for a refused request.
@@ -43,6 +46,8 @@ from orchestrator.errors import (
 )
 
 OPEN_PATHS = {"/healthz"}
+UPLOAD_PATHS = {"/v1/files"}  # the only routes that take multipart/form-data (POST)
+UPLOAD_ENVELOPE = 64 * 1024  # what a multipart body may add to the file: boundaries, part headers, `purpose`
 ADMIN_PATH = re.compile(r"^/v1/(shutdown|pools/[^/]+/restart)/?$")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -174,6 +179,11 @@ def is_json(content_type: bytes) -> bool:
     return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
+def is_multipart(content_type: bytes) -> bool:
+    """Whether the body is a form with files (what OpenAI's clients send to upload)."""
+    return content_type.split(b";", 1)[0].strip().lower() == b"multipart/form-data"
+
+
 def json_too_deep(raw: bytes, limit: int) -> bool:
     """Whether the JSON text nests deeper than ``limit`` (brackets inside strings do not count)."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
@@ -189,8 +199,11 @@ def json_too_deep(raw: bytes, limit: int) -> bool:
 class Guard:
     """ASGI middleware: token, JSON-only bodies, body size and depth (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, tokens: Tokens, max_body: int, max_json_depth: int = 64) -> None:
+    def __init__(
+        self, app: ASGIApp, tokens: Tokens, max_body: int, max_json_depth: int = 64, max_file: int = 0
+    ) -> None:
         self.app, self.tokens, self.max_body, self.max_json_depth = app, tokens, max_body, max_json_depth
+        self.max_file = max_file  # 0: no uploads (every body must be JSON)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -213,24 +226,28 @@ class Guard:
         length = found.get(b"content-length")
         has_body = b"transfer-encoding" in found or (length is not None and length.strip() not in (b"", b"0"))
         content_type = found.get(b"content-type", b"")
-        if (has_body or content_type or ADMIN_PATH.match(path)) and not is_json(content_type):
+        upload = self.max_file > 0 and method == "POST" and path in UPLOAD_PATHS and is_multipart(content_type)
+        if (has_body or content_type or ADMIN_PATH.match(path)) and not (is_json(content_type) or upload):
             sent = content_type.decode("latin-1") or "none"
             what = "admin routes take" if ADMIN_PATH.match(path) else "request bodies must be"
             return UnsupportedMediaType(f"{what} Content-Type: application/json (got {sent})"), None
         if not has_body:
             return None, None
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return self._too_large(), None
-        body = await self._read(receive)
+        limit = self.max_file + UPLOAD_ENVELOPE if upload else self.max_body
+        if length is not None and length.isdigit() and int(length) > limit:
+            return self._too_large(upload), None
+        if upload and length is not None and length.isdigit():
+            return None, None  # the server delivers no more than Content-Length: the form parser spools it to disk
+        body = await self._read(receive, self.max_body)  # BROKEN
         if body is None:
-            return self._too_large(), None
-        if json_too_deep(body, self.max_json_depth):
+            return self._too_large(upload), None
+        if not upload and json_too_deep(body, self.max_json_depth):
             message = f"JSON nested deeper than {self.max_json_depth} levels (gateway.max_json_depth)"
             return InvalidArguments(f"body: {message}", detail=[{"field": "body", "message": message}]), None
         return None, _replay(body, receive)
 
-    async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None past ``max_body`` (read no further)."""
+    async def _read(self, receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None past ``limit`` (read no further)."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -239,14 +256,18 @@ class Guard:
                 break  # the client went away; the route sees an empty body and the server drops the reply
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _too_large(self) -> PayloadTooLarge:
+    def _too_large(self, upload: bool = False) -> PayloadTooLarge:
+        if upload:
+            message = f"upload over the limit of {self.max_file} bytes (files.max_bytes; the form may add "
+            message += f"{UPLOAD_ENVELOPE} more)"
+            return PayloadTooLarge(message, detail=[{"field": "file", "message": message}])
         return PayloadTooLarge(f"request body over the limit of {self.max_body} bytes (gateway.max_body)")
 
 

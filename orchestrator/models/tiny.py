@@ -21,14 +21,19 @@ from pathlib import Path
 from typing import Any
 
 TINY_NAME = "tiny"
-MARKER = "tiny-model-v2.json"  # written last: its presence means the folder is complete (v2: 16k context)
+MARKER = "tiny-model-v3.json"  # written last: its presence means the folder is complete (v3: generation markers)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
-# ChatML, as Qwen and many instruct models use it.
+# ChatML, as Qwen and many instruct models use it, with trl's {% generation %} markers on assistant turns.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"  # generation markers: trl trains on the assistant turns only
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )

@@ -1,9 +1,9 @@
 """GEPA (reflective prompt evolution) as a resumable job: DSPy's own ``dspy.GEPA``, checkpointed per iteration.
 
-GEPA runs its whole search inside ``compile``; here that runs in a thread, and
-GEPA's callbacks hand what the job needs to the job's generator one at a time
-(the optimizer thread waits for each hand-off), so events are yielded and
-checkpoints taken in the generator, in order:
+GEPA runs its whole search inside ``compile``; that runs in a thread
+(:class:`~workers.heavy.handoff.Handoff`), and GEPA's callbacks hand what the
+job needs to the job's generator, so events are yielded and checkpoints taken
+in the generator, in GEPA's order:
 
 - the seed program's valset score (the baseline), once;
 - at the start of every iteration GEPA saves its state (``gepa_state.bin`` in its
@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import queue
 import shutil
 import tempfile
-import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from orchestrator import Context
+from workers.heavy.handoff import Handoff
 from workers.heavy.programs import Budget, Metric
 
 dspy: Any = importlib.import_module("dspy")
@@ -52,44 +51,27 @@ def feedback_metric(metric: Metric) -> Metric:
         return scored
 
 
-class Handoff:
-    """GEPA's callbacks, called in the optimizer's thread, handed to the job's generator one by one."""
+class Callbacks:
+    """GEPA's callbacks (``gepa.core.callbacks.GEPACallback``) and stop condition, handed to the job."""
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.items: queue.Queue[tuple[str, Any, threading.Event | None]] = queue.Queue()
-        self.closed = False  # the generator went away: stop waiting on it, and stop the search
-
-    def hand(self, kind: str, payload: Any) -> None:
-        """Give ``payload`` to the generator and wait until it has been yielded or checkpointed."""
-        done = threading.Event()
-        self.items.put((kind, payload, done))
-        while not done.wait(0.5) and not self.closed:
-            pass
-
-    def run(self, compile_program: Any) -> None:
-        """The optimizer thread: run ``compile_program`` and report its outcome."""
-        try:
-            self.items.put(("done", compile_program(), None))
-        except BaseException as exc:  # re-raised in the job's generator
-            self.items.put(("error", exc, None))
+    def __init__(self, handoff: Handoff) -> None:
+        self.handoff = handoff
 
     def __call__(self, gepa_state: Any) -> bool:
         """GEPA's stop condition: the job was cancelled or abandoned."""
-        return self.closed or self.ctx.cancelled
+        return self.handoff.stopping
 
-    # GEPA's callbacks (gepa.core.callbacks.GEPACallback); the others are not needed
     def on_valset_evaluated(self, event: dict[str, Any]) -> None:
         if event["iteration"] == 0:
-            self.hand("baseline", float(event["average_score"]))
+            self.handoff.hand("baseline", float(event["average_score"]))
 
     def on_state_saved(self, event: dict[str, Any]) -> None:
-        self.hand("saved", (event["iteration"], event["run_dir"]))
+        self.handoff.hand("saved", (event["iteration"], event["run_dir"]))
 
     def on_iteration_end(self, event: dict[str, Any]) -> None:
         state = event["state"]
         scores = list(state.program_full_scores_val_set)
-        self.hand(
+        self.handoff.hand(
             "iteration",
             {
                 "iteration": event["iteration"] - 1,  # GEPA counts from 1, with the seed as iteration 0
@@ -139,7 +121,7 @@ def gepa(
     log_dir = Path(tempfile.mkdtemp(prefix="gepa-"))  # fresh: only the checkpointed state is resumed
     if "gepa_state" in state:
         (log_dir / STATE_FILE).write_bytes(state["gepa_state"])
-    handoff = Handoff(ctx)
+    callbacks = Callbacks(Handoff(ctx))
     if budget.auto:
         limit: dict[str, Any] = {"auto": budget.auto}
     elif budget.max_metric_calls:
@@ -157,8 +139,8 @@ def gepa(
         track_stats=True,
         warn_on_score_mismatch=False,
         gepa_kwargs={
-            "callbacks": [handoff],
-            "stop_callbacks": [handoff],
+            "callbacks": [callbacks],
+            "stop_callbacks": [callbacks],
             "val_evaluation_policy": SeedOnce("gepa_state" in state),
         },
         **limit,
@@ -168,38 +150,25 @@ def gepa(
         with dspy.context(lm=task_lm, adapter=dspy.JSONAdapter()):  # every call constrained to its output schema
             return optimizer.compile(student, trainset=trainset, valset=valset)
 
-    thread = threading.Thread(target=handoff.run, args=(compile_program,), name="gepa", daemon=True)
     if "gepa_state" not in state:
         yield {"stage": "baseline"}
-    thread.start()
     try:
-        while True:
-            kind, payload, done = handoff.items.get()
-            try:
-                if kind == "error":
-                    raise payload
-                if kind == "done":
-                    best = payload
-                    break
-                if kind == "baseline" and "baseline" not in state:
-                    state["baseline"] = payload
-                    yield {"stage": "iterations", "baseline": payload, "total": optimizer.max_metric_calls}
-                elif kind == "saved" and payload[0] != state.get("saved"):
-                    state["saved"] = payload[0]
-                    state["gepa_state"] = (Path(payload[1]) / STATE_FILE).read_bytes()
-                    ctx.checkpoint(state)
-                elif kind == "iteration":
-                    state["iterations"] = payload["iteration"] + 1
-                    ctx.progress(
-                        done=payload["metric_calls"], total=max(payload["metric_calls"], optimizer.max_metric_calls)
-                    )
-                    yield payload
-            finally:
-                if done is not None:
-                    done.set()
+        for kind, payload in callbacks.handoff.items(compile_program, "gepa"):
+            if kind == "done":
+                best = payload
+            elif kind == "baseline" and "baseline" not in state:
+                state["baseline"] = payload
+                yield {"stage": "iterations", "baseline": payload, "total": optimizer.max_metric_calls}
+            elif kind == "saved" and payload[0] != state.get("saved"):
+                state["saved"] = payload[0]
+                state["gepa_state"] = (Path(payload[1]) / STATE_FILE).read_bytes()
+                ctx.checkpoint(state)
+            elif kind == "iteration":
+                state["iterations"] = payload["iteration"] + 1
+                total = max(payload["metric_calls"], optimizer.max_metric_calls)
+                ctx.progress(done=payload["metric_calls"], total=total)
+                yield payload
     finally:
-        handoff.closed = True
-        thread.join(timeout=5)
         shutil.rmtree(log_dir, ignore_errors=True)
 
     found = best.detailed_results

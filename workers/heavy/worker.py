@@ -1,4 +1,5 @@
-"""The heavy pool's worker: DSPy prompt optimization (``optimize``, a resumable job) and ``evaluate``.
+"""The heavy pool's worker: DSPy prompt optimization (``optimize``, a resumable job), ``evaluate``, and LoRA
+fine-tuning (``finetune``, a resumable job whose adapter the light pool then serves).
 
 Both call their models through :class:`orchestrator.dspy.PoolLM` (a pool model
 such as ``light/tiny``: one Ray hop, structured outputs, batched by the light
@@ -13,8 +14,12 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from orchestrator import Context, Worker, op
+from orchestrator.contract.paths import ADAPTER_NAME, FINE_TUNED
 from orchestrator.dspy import lm_for
+from orchestrator.errors import OrchestratorError
+from workers.heavy import finetune as tuning
 from workers.heavy import programs
+from workers.heavy.finetune import Hyper, LoRA
 from workers.heavy.programs import Budget, Endpoint, Program
 from workers.heavy.reflective import gepa
 from workers.heavy.search import mipro, score_each
@@ -131,7 +136,85 @@ class Heavy(Worker):
         mean = sum(r["score"] for r in results) / len(results) if results else 0.0
         return {"score": mean, "results": results}
 
+    def _check_finetune(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
+        handle = orchestrator()
+        pools = handle.pools()
+        source, _ = tuning.base_source(args["model"], pools, lambda pool: handle.call(pool, "models"))
+        for field in ("training", "validation"):
+            _data(args, field, handle)
+        publish = args.get("publish")
+        if publish is not None:
+            if publish not in pools:
+                raise programs.invalid("publish", f"no pool {publish!r} (pools: {', '.join(pools)})")
+            try:
+                bases = [m.get("source") for m in handle.call(publish, "models") if m.get("kind") == "base"]
+            except OrchestratorError as exc:
+                raise programs.invalid("publish", f"pool {publish!r} serves no models: {exc.message}") from None
+            if source not in bases:  # an adapter only fits the base model it was trained on
+                raise programs.invalid("publish", f"pool {publish!r} does not serve the base model {source}")
+        name = args.get("name")
+        if name is not None and not ADAPTER_NAME.fullmatch(name):
+            raise programs.invalid("name", f"{name!r}: a letter or digit, then up to 127 of letters, digits, _ . : -")
+
+    @op(check=_check_finetune)
+    def finetune(
+        self,
+        ctx: Context,
+        model: str,
+        training_data: list[dict[str, Any]] | None = None,
+        training_file: str | None = None,
+        validation_data: list[dict[str, Any]] | None = None,
+        validation_file: str | None = None,
+        lora: LoRA | None = None,
+        hyperparameters: Hyper | None = None,
+        name: str | None = None,
+        publish: str | None = None,
+    ) -> Events:
+        """Fine-tune a LoRA adapter on chat or prompt/completion rows (inline or an uploaded file); run it as a job.
+
+        ``model``: a pool model (``light/tiny``: the adapter is then published to that pool, unless
+        ``publish`` names another), a local folder or a hub id. Events: one ``{"step", "loss",
+        "learning_rate", "epoch"}`` per logging step, with progress. Result: ``{"adapter": folder,
+        "model": "<pool>/<name>" (served) or None, "steps", "metrics"}``.
+        """
+        handle = ctx.orchestrator
+        pools = handle.pools()
+        source, serving = tuning.base_source(model, pools, lambda pool: handle.call(pool, "models"))
+        rows = _data({"training_data": training_data, "training_file": training_file}, "training", handle) or []
+        held = {"validation_data": validation_data, "validation_file": validation_file}
+        validation = _data(held, "validation", handle)
+        adapter = name or f"ft-{(ctx.job_id or 'run')[:12]}"
+        settings = hyperparameters or Hyper()
+        result = yield from tuning.train(ctx, source, rows, validation, lora or LoRA(), settings, adapter)
+        target = publish or serving
+        result["model"] = None
+        if target is not None and not ctx.cancelled:  # every actor of the pool serves it, and later ones too
+            handle.call(target, "load_adapter", name=adapter, path=f"{FINE_TUNED}{adapter}")
+            result["model"] = f"{target}/{adapter}"
+        return result
+
     def _lm(self, ctx: Context, spec: str | Endpoint | None, field: str) -> Any:
         chosen = spec or self.model
         raw = chosen if isinstance(chosen, str) else chosen.model_dump(exclude_none=True)
         return lm_for(raw, lambda: ctx.orchestrator, field)
+
+
+def _data(args: dict[str, Any], which: str, handle: Any) -> list[dict[str, Any]] | None:
+    """The ``training``/``validation`` rows: inline (``<which>_data``) or an uploaded file (``<which>_file``)."""
+    inline, file_id = args.get(f"{which}_data"), args.get(f"{which}_file")
+    if inline is not None and file_id is not None:
+        raise programs.invalid(f"{which}_file", f"give {which}_data or {which}_file, not both")
+    if file_id is not None:
+        try:
+            record = handle.file(file_id)
+        except OrchestratorError as exc:
+            raise programs.invalid(f"{which}_file", exc.message) from None
+        if record.get("purpose") != "fine-tune":
+            raise programs.invalid(f"{which}_file", f"{file_id} has purpose {record.get('purpose')!r}, not 'fine-tune'")
+        inline = tuning.jsonl_rows(handle.file_content(file_id), f"{which}_file")
+    if inline is None:
+        if which == "training":
+            raise programs.invalid("training_data", "give training_data (rows) or training_file (a file id)")
+        return None
+    tuning.rows_format(inline, f"{which}_file" if file_id else f"{which}_data")
+    return inline

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import re
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 from orchestrator import Context, Worker, op
 from orchestrator.contract import confined_path
+from orchestrator.contract.paths import ADAPTER_NAME, FINE_TUNED, state_dir
 from orchestrator.errors import InvalidArguments, InvalidConfig
 from orchestrator.models.tiny import TINY_NAME, build_tiny_model, default_tiny_dir
 from workers.light.batching import Job
@@ -50,7 +50,6 @@ from workers.light.structured import parse_response_format
 Result = dict[str, Any]
 Events = Generator[dict[str, Any], None, Result]
 TINY_MAX_STRING = 48
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}", re.ASCII)  # served as the model name <pool>/<name>
 
 
 def looks_like_path(model: str) -> bool:
@@ -143,6 +142,7 @@ class Light(Worker):
                 raise FileNotFoundError(f"model path {model} does not exist (options.model)")
             model = str(path.resolve())
         self.name = name or (Path(model).name if looks_like_path(model) else model)
+        self.source = model  # where the base model loads from (a folder or a hub id): fine-tuning starts there
         self.max_tokens_default = max_tokens_default
         self.max_batch = max_batch
         self.json_max_string = json_max_string
@@ -190,7 +190,7 @@ class Light(Worker):
     @op
     def models(self) -> list[dict[str, Any]]:
         """The base model and every loaded adapter, by the name requests use."""
-        base = {"id": self.name, "kind": "base", "context_length": self.backend.context_length}
+        base = {"id": self.name, "kind": "base", "context_length": self.backend.context_length, "source": self.source}
         adapters = [{"id": a, "kind": "adapter", "base": self.name} for a in self.backend.adapters]
         return [{**base, "backend": self.backend_name}, *adapters]
 
@@ -213,24 +213,28 @@ class Light(Worker):
             "batch_sizes": list(batcher.sizes) if batcher else [],
         }
 
-    @op
+    @op(remember="adapter:{name}")
     def load_adapter(self, name: str, path: str) -> list[dict[str, Any]]:
-        """Load a LoRA adapter (peft format) from ``path``, relative to the pool's ``adapter_dir``; it is served
-        as model ``name``. Loading a name again replaces that adapter."""
+        """Load a LoRA adapter (peft format) on every actor of the pool (and on actors that start later); it is
+        served as model ``name``. ``path`` is relative to the pool's ``adapter_dir``, or ``fine-tuned/<name>``
+        for an adapter a heavy-pool ``finetune`` job saved. Loading a name again replaces that adapter."""
         if not ADAPTER_NAME.fullmatch(name):
             raise _invalid(
                 "name",
                 f"{name!r} is not a model name (a letter or digit, then up to 127 of: letters, digits, _ . : -)",
                 "load_adapter",
             )
-        resolved = confined_path(self.adapter_dir, path, "path", "load_adapter")
+        root, where = self.adapter_dir, "options.adapter_dir"
+        if path.startswith(FINE_TUNED):
+            root, path, where = state_dir() / "adapters", path.removeprefix(FINE_TUNED), "state_dir/adapters"
+        resolved = confined_path(root, path, "path", "load_adapter")
         if not (resolved / "adapter_config.json").is_file():
-            message = f"no LoRA adapter (adapter_config.json) at {path!r} under options.adapter_dir"
+            message = f"no LoRA adapter (adapter_config.json) at {path!r} under {where}"
             raise _invalid("path", message, "load_adapter")
         self._load_adapter(name, resolved)
         return self.models()
 
-    @op
+    @op(forget="adapter:{name}")
     def unload_adapter(self, name: str) -> list[dict[str, Any]]:
         """Stop serving adapter ``name``."""
         if name not in self.backend.adapters:

@@ -1,5 +1,8 @@
 """OpenAI-compatible ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``, routed to light pools.
 
+``/v1/models`` lists every served model: the light pools' models and adapters,
+and each embeddings pool's model (``retrieval/all-MiniLM-L6-v2``, see ``embeddings``).
+
 A model is named ``<pool>/<model or adapter>`` (``light/tiny``, ``light/my-adapter``;
 a hub id keeps its slash: ``light/Qwen/Qwen2.5-0.5B-Instruct``); the prefix picks
 the pool, any pool whose worker has the ``chat`` and ``models`` ops. Bodies
@@ -25,6 +28,7 @@ from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, PoolNotFound
 from orchestrator.gateway.guard import openai_error
+from orchestrator.gateway.openai import embeddings
 
 SSE = "text/event-stream"
 LIGHT_OPS = ("chat", "models")
@@ -127,11 +131,11 @@ def router(orch: Orchestrator) -> APIRouter:
             created = int(time.time())
             for m in served:
                 found.append({"id": f"{pool}/{m['id']}", "object": "model", "created": created, "owned_by": pool})
-        return found
+        return found + await embeddings.served_models(orch)
 
     @api.get("/v1/models")
     async def list_models() -> Response:
-        """Every model and adapter the light pools serve, as ``<pool>/<name>``."""
+        """Every model and adapter the light pools serve, and each embeddings pool's model, as ``<pool>/<name>``."""
         try:
             return JSONResponse({"object": "list", "data": await models()})
         except OrchestratorError as exc:

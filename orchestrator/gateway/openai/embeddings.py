@@ -18,6 +18,7 @@ field: ``input``, ``model``, ``encoding_format``), 5xx for the pool's failures.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -100,18 +101,33 @@ def parse_body(raw: bytes) -> EmbeddingsRequest:
     return body
 
 
+def embedding_pools(orch: Orchestrator) -> set[str]:
+    """The pools whose worker has the ``embeddings`` op."""
+    return {name for name, entry in orch.router.table["pools"].items() if EMBED_OP in entry.get("ops", {})}
+
+
+async def served_models(orch: Orchestrator) -> list[dict[str, Any]]:
+    """Each embeddings pool's model as /v1/models lists it: ``<pool>/<model>``, a name this route accepts."""
+    found = []
+    for name in sorted(embedding_pools(orch)):
+        try:
+            info = await orch.acall(name, "info")
+        except OrchestratorError:  # a failed or starting pool lists nothing
+            continue
+        created = int(time.time())
+        found.append({"id": f"{name}/{info['model']}", "object": "model", "created": created, "owned_by": name})
+    return found
+
+
 def router(orch: Orchestrator, pool: str = "retrieval") -> APIRouter:
     """The embeddings route; names outside ``"<pool>/..."`` go to ``pool``."""
     api = APIRouter(tags=["openai"])
     models: dict[str, dict[str, Any]] = {}  # pool -> its `info` (the model's names and dimension)
 
-    def embedding_pools() -> set[str]:
-        return {name for name, entry in orch.router.table["pools"].items() if EMBED_OP in entry.get("ops", {})}
-
     async def resolve(name: str) -> tuple[str, dict[str, Any]]:
         """(the pool, its model info) for the request's ``model``."""
         head, _, tail = name.partition("/")
-        target, wanted = (head, tail) if head in embedding_pools() else (pool, name)
+        target, wanted = (head, tail) if head in embedding_pools(orch) else (pool, name)
         try:
             info = models.get(target) or await orch.acall(target, "info")
         except OrchestratorError as exc:
