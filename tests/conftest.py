@@ -124,6 +124,24 @@ def kill_and_wait_restart(orch: orchestrator.Orchestrator, pool: str, pid: int) 
     )
 
 
+def events_killing_once(
+    orch: orchestrator.Orchestrator, job: orchestrator.Job, pool: str, when: Callable[[dict[str, Any]], bool]
+) -> tuple[list[dict[str, Any]], int]:
+    """Follow a job's events to its end, SIGKILLing the pool's (first) actor once, right after the first
+    event ``when`` accepts (an event the re-run logs again does not kill twice); returns the events and the
+    killed pid."""
+    pid = actors(orch, pool)[0]["pid"]
+    events: list[dict[str, Any]] = []
+    killed = False
+    for _, event in job.events():
+        events.append(event)
+        if not killed and when(event):
+            killed = True
+            kill_and_wait_restart(orch, pool, pid)
+    assert killed, "the job ended before the event to kill at"
+    return events, pid
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     import socket

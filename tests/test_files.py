@@ -178,7 +178,9 @@ def test_a_chunked_upload_is_read_up_to_the_limit(http: httpx.Client) -> None:
     def chunked(content: bytes) -> httpx.Response:  # no Content-Length: the guard reads the body against the limit
         form = httpx.Request("POST", "/", files={"file": ("a.jsonl", content)}, data={"purpose": "fine-tune"})
         body = form.read()
-        return http.post("/v1/files", content=iter([body[:100], body[100:]]), headers={"content-type": form.headers["content-type"]})
+        return http.post(
+            "/v1/files", content=iter([body[:100], body[100:]]), headers={"content-type": form.headers["content-type"]}
+        )
 
     fits = chunked(jsonl(PROMPTS))
     assert fits.status_code == 200 and http.get(f"/v1/files/{fits.json()['id']}/content").content == jsonl(PROMPTS)

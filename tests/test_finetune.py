@@ -11,7 +11,7 @@ import pytest
 
 import orchestrator
 from orchestrator import errors
-from tests.conftest import Start, actors, kill_and_wait_restart
+from tests.conftest import Start, actors, events_killing_once, kill_and_wait_restart
 
 pytest.importorskip("trl", reason="fine-tuning needs trl: pip install -e '.[heavy]'")
 pytest.importorskip("peft", reason="fine-tuning needs peft: pip install -e '.[heavy]'")
@@ -83,12 +83,8 @@ def test_a_killed_finetune_resumes_from_its_last_checkpoint(orch: orchestrator.O
     upload = orch.upload_file("\n".join(json.dumps(row) for row in CHATS).encode(), "words.jsonl", "fine-tune")
     hyper = {**FAST, "max_steps": 24, "save_steps": 5}
     job = orch.submit("heavy", "finetune", model="llm/tiny", training_file=upload["id"], hyperparameters=hyper)
-    pid = actors(orch, "heavy")[0]["pid"]
-    events: list[dict[str, Any]] = []
-    for _, event in job.events():
-        events.append(event)
-        if event.get("step") == 8 and [e.get("step") for e in events].count(8) == 1:
-            kill_and_wait_restart(orch, "heavy", pid)  # SIGKILL mid-training: the last checkpoint is step 5
+    # SIGKILL mid-training: the last checkpoint is step 5
+    events, pid = events_killing_once(orch, job, "heavy", lambda event: event.get("step") == 8)
     result = job.result(timeout=300)
     assert actors(orch, "heavy")[0]["pid"] != pid and job.status()["attempts"] == 2, job.status()
     assert [e["step"] for e in events if "step" in e] == list(range(1, 25))  # continued, none twice

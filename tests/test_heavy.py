@@ -10,7 +10,7 @@ import pytest
 
 import orchestrator
 from orchestrator import errors
-from tests.conftest import ROOT, Start, actors, kill_and_wait_restart
+from tests.conftest import ROOT, Start, actors, events_killing_once
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("optuna", reason="the heavy pool needs optuna: pip install -e '.[heavy]'")
@@ -127,12 +127,8 @@ def test_a_killed_search_resumes_without_repeating_work(orch: orchestrator.Orche
     expected = {kind: middle[kind] - before[kind] for kind in middle}
 
     job = orch.submit("heavy", "optimize", **args)
-    pid = actors(orch, "heavy")[0]["pid"]
-    events: list[dict[str, Any]] = []
-    for _, event in job.events():
-        events.append(event)
-        if event.get("trial") == 1 and [e.get("trial") for e in events].count(1) == 1:
-            kill_and_wait_restart(orch, "heavy", pid)  # SIGKILL mid-search: trial 2 is running
+    # SIGKILL mid-search: trial 2 is running
+    events, pid = events_killing_once(orch, job, "heavy", lambda event: event.get("trial") == 1)
     result = job.result(timeout=300)
     after = orch.call("oracle", "calls")
     assert actors(orch, "heavy")[0]["pid"] != pid and job.status()["attempts"] == 2, job.status()
@@ -187,12 +183,8 @@ def test_a_killed_gepa_run_resumes_from_its_saved_state(orch: orchestrator.Orche
     assert "MAGIC" in clean["program"]["signature"]["instructions"]
 
     job = orch.submit("heavy", "optimize", **args)
-    pid = actors(orch, "heavy")[0]["pid"]
-    events: list[dict[str, Any]] = []
-    for _, event in job.events():
-        events.append(event)
-        if event.get("iteration") == 1 and [e.get("iteration") for e in events].count(1) == 1:
-            kill_and_wait_restart(orch, "heavy", pid)  # SIGKILL mid-search: iteration 2 is running
+    # SIGKILL mid-search: iteration 2 is running
+    events, pid = events_killing_once(orch, job, "heavy", lambda event: event.get("iteration") == 1)
     result = job.result(timeout=300)
     after = orch.call("oracle", "calls")
     assert actors(orch, "heavy")[0]["pid"] != pid and job.status()["attempts"] == 2, job.status()

@@ -28,7 +28,7 @@ from orchestrator.gateway.calls import ADMIN_BODY
 from orchestrator.gateway.docs import publish_ops
 from orchestrator.gateway.guard import Guard, Origins, Tokens, check_bind, error_response, served_hosts
 from orchestrator.gateway.metered import Metered
-from orchestrator.gateway.openai import chat, embeddings, files
+from orchestrator.gateway.openai import chat, embeddings, files, fine_tuning
 from orchestrator.gateway.routes import jobs, pools, sessions
 
 
@@ -58,7 +58,7 @@ def create_app(
             field = ".".join(loc) or "body"
             problems.append({"field": field, "message": str(error["msg"])})
         text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return error_response(InvalidArguments(text, detail=problems))
+        return error_response(InvalidArguments(text, detail=problems), request.url.path)  # OpenAI routes: their body
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -84,7 +84,7 @@ def create_app(
             on_shutdown()
             return {"status": "shutting down"}
 
-    for family in (pools, sessions, jobs, chat, embeddings, files):
+    for family in (pools, sessions, jobs, chat, embeddings, files, fine_tuning):
         app.include_router(family.router(orch))
     publish_ops(app, orch)
     app.state.tokens = Tokens(options.credentials())

@@ -238,7 +238,7 @@ class Guard:
             return self._too_large(upload), None
         if upload and length is not None and length.isdigit():
             return None, None  # the server delivers no more than Content-Length: the form parser spools it to disk
-        body = await self._read(receive, self.max_body)  # BROKEN
+        body = await self._read(receive, limit)
         if body is None:
             return self._too_large(upload), None
         if not upload and json_too_deep(body, self.max_json_depth):

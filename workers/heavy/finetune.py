@@ -151,29 +151,8 @@ def train(
     except (OSError, ValueError) as exc:  # not a model folder, or a hub id that cannot be fetched
         raise invalid("model", f"cannot load {source}: {first_line(exc)}") from None
     output_dir = ctx.job_dir / "trainer"
-    config = trl.SFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=hyper.n_epochs,
-        max_steps=hyper.max_steps or -1,
-        learning_rate=hyper.learning_rate,
-        per_device_train_batch_size=hyper.batch_size,
-        per_device_eval_batch_size=hyper.batch_size,
-        gradient_accumulation_steps=hyper.gradient_accumulation_steps,
-        max_length=hyper.max_length,
-        seed=hyper.seed,
-        data_seed=hyper.seed,
-        save_strategy="steps",
-        save_steps=hyper.save_steps,
-        save_total_limit=2,  # the last one resumes; one more while the next is written
-        logging_steps=hyper.logging_steps,
-        eval_strategy="epoch" if validation else "no",
-        assistant_only_loss=chat and _marks_assistant_turns(trl, tokenizer),
-        bf16=bf16,
-        use_cpu=not cuda,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    assistant_only = chat and marks_assistant_turns(trl, tokenizer)
+    config = sft_config(trl, hyper, output_dir, assistant_only, evaluate=bool(validation), cuda=cuda, bf16=bf16)
     handoff = Handoff(ctx)
     trainer = trl.SFTTrainer(
         model=model,
@@ -181,13 +160,7 @@ def train(
         train_dataset=datasets.Dataset.from_list(rows),
         eval_dataset=datasets.Dataset.from_list(validation) if validation else None,
         processing_class=tokenizer,
-        peft_config=peft.LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(peft, lora),
         callbacks=[_callback(transformers, handoff)],
     )
     resume = (ctx.resume or {}).get("checkpoint")
@@ -217,7 +190,47 @@ def train(
     return {"adapter": str(adapter), "steps": int(trainer.state.global_step), "metrics": metrics}
 
 
-def _marks_assistant_turns(trl: Any, tokenizer: Any) -> bool:
+def sft_config(
+    trl: Any, hyper: Hyper, output_dir: Path, assistant_only_loss: bool, *, evaluate: bool, cuda: bool, bf16: bool
+) -> Any:
+    """trl's ``SFTConfig`` for these settings (bench/finetune.py trains its bare-trl anchor with it too)."""
+    return trl.SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=hyper.n_epochs,
+        max_steps=hyper.max_steps or -1,
+        learning_rate=hyper.learning_rate,
+        per_device_train_batch_size=hyper.batch_size,
+        per_device_eval_batch_size=hyper.batch_size,
+        gradient_accumulation_steps=hyper.gradient_accumulation_steps,
+        max_length=hyper.max_length,
+        seed=hyper.seed,
+        data_seed=hyper.seed,
+        save_strategy="steps",
+        save_steps=hyper.save_steps,
+        save_total_limit=2,  # the last one resumes; one more while the next is written
+        logging_steps=hyper.logging_steps,
+        eval_strategy="epoch" if evaluate else "no",
+        assistant_only_loss=assistant_only_loss,
+        bf16=bf16,
+        use_cpu=not cuda,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def lora_config(peft: Any, lora: LoRA) -> Any:
+    """peft's ``LoraConfig`` for a causal LM with these adapter settings."""
+    return peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def marks_assistant_turns(trl: Any, tokenizer: Any) -> bool:
     """Whether trl can mask all but the assistant turns with this chat template (its own, or one trl patches)."""
     utils: Any = importlib.import_module("trl.chat_template_utils")
     if utils.has_generation_markers(tokenizer.chat_template or ""):

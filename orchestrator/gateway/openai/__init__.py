@@ -5,6 +5,6 @@ OpenAI's format (``{"error": {"message", "type", "param", "code"}}``), not the
 DESIGN body, because OpenAI clients parse them.
 """
 
-from orchestrator.gateway.openai import chat, embeddings, files
+from orchestrator.gateway.openai import chat, embeddings, files, fine_tuning
 
-__all__ = ["chat", "embeddings", "files"]
+__all__ = ["chat", "embeddings", "files", "fine_tuning"]
