@@ -78,3 +78,15 @@ def test_a_pool_wide_call_every_actor_refuses_is_an_error_and_not_remembered(
     assert all("nope" not in items for items in each_actor(orch).values())
     replayed = [e for e in orch.status()["reg"]["events"] if e["kind"] == "replay_failed"]
     assert replayed == [], replayed  # the refused call was not remembered, so not replayed either
+
+
+def test_a_pool_wide_op_in_a_session_still_reaches_every_actor_and_is_not_a_job(
+    orch: orchestrator.Orchestrator,
+) -> None:
+    with orch.session("reg") as session:
+        session.call("put", name="from-session", value=7)
+    assert all(items.get("from-session") == 7 for items in each_actor(orch).values())
+    before = len(orch.jobs("reg"))
+    with pytest.raises(errors.InvalidArguments) as refused:
+        orch.submit("reg", "put", name="job", value=1)
+    assert refused.value.detail[0]["field"] == "op" and len(orch.jobs("reg")) == before

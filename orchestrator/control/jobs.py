@@ -116,6 +116,9 @@ class JobRunner:
         if pool.ops and op not in pool.ops:
             message = f"pool {pool_name!r} has no op {op!r} (ops: {', '.join(sorted(pool.ops))})"
             return Failure(OpNotFound(message, pool=pool_name, op=op).to_dict())
+        if (pool.ops or {}).get(op, {}).get("pool_wide"):
+            detail = [{"field": "op", "message": "a pool-wide op runs on every actor: call it, not as a job"}]
+            return Failure(InvalidArguments(f"op: {op} is pool-wide", pool=pool_name, op=op, detail=detail).to_dict())
         limit = self.options.max_retries_limit
         if max_retries is not None and not 0 <= max_retries <= limit:
             message = f"must be between 0 and {limit} (jobs.max_retries_limit), got {max_retries}"

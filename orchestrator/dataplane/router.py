@@ -202,7 +202,7 @@ class Router:
         retried = False
         while True:
             version = self.table["version"]
-            if session is None and self.check_op(pool, op).get("pool_wide"):  # every actor, via the coordinator
+            if self.check_op(pool, op).get("pool_wide"):  # every actor (not only a session's), via the coordinator
                 return unwrap((yield ("get", self.coordinator.pool_call.remote(pool, op, args), limit)))
             actor = self._target(pool, session, exclude)
             if actor is LOCAL:
