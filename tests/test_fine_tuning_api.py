@@ -110,7 +110,10 @@ def test_a_job_trains_on_an_uploaded_file_and_its_model_answers_chat(
     assert pool == "llm" and name.startswith("ft:tiny:words:") and "/" not in name, model
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=5))  # auto-paginated by the `after` cursor
-    assert [e.message for e in events[:2]] == ["The job has successfully completed", f"New fine-tuned model created: {model}"]
+    assert [e.message for e in events[:2]] == [
+        "The job has successfully completed",
+        f"New fine-tuned model created: {model}",
+    ]
     assert events[-1].message == f"Created fine-tuning job: {job.id}"
     assert len({e.id for e in events}) == len(events)
     steps = [e for e in events if e.type == "metrics"]
@@ -178,6 +181,30 @@ def test_unknown_jobs_and_other_jobs_are_404(client: Any, orch: orchestrator.Orc
     assert f"ftjob-{other.id}" not in [j.id for j in client.fine_tuning.jobs.list(limit=100)]
 
 
+def test_bad_pages_get_openai_errors(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.url) as http:
+        too_few = http.get("/v1/fine_tuning/jobs", params={"limit": 0})
+        unknown = http.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"})
+    assert too_few.status_code == 422 and too_few.json()["error"]["param"] == "query.limit", too_few.text
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "after", unknown.text
+
+
+def test_adapter_names_are_valid_and_unique() -> None:
+    from orchestrator.contract.paths import ADAPTER_NAME
+    from orchestrator.gateway.openai.fine_tuning import adapter_name
+
+    for (model, suffix), start in {
+        ("llm/tiny", "words"): "ft:tiny:words:",
+        ("light/Qwen/Qwen2.5-0.5B-Instruct", None): "ft:Qwen-Qwen2.5-0.5B-Instruct:custom:",
+        ("Qwen/Qwen2.5-0.5B", "v2"): "ft:Qwen2.5-0.5B:v2:",  # a hub id, not a pool model: its last part
+        ("/models/my tiny/", None): "ft:my-tiny:custom:",
+        ("llm/" + "x" * 200, "s" * 64): "ft:" + "x" * 40 + ":" + "s" * 64 + ":",
+    }.items():
+        name = adapter_name(model, suffix, ["llm", "light"])
+        assert name.startswith(start) and len(name) == len(start) + 8 and ADAPTER_NAME.fullmatch(name), name
+    assert adapter_name("llm/tiny", None, ["llm"]) != adapter_name("llm/tiny", None, ["llm"])
+
+
 def test_cancelling_a_running_job_ends_it_cancelled(client: Any, training_file: str) -> None:
     created = client.fine_tuning.jobs.create(
         model="llm/tiny", training_file=training_file, extra_body={"max_steps": 10_000, "save_steps": 10_000}
@@ -217,6 +244,8 @@ def test_dspy_finetunes_through_the_gateway(
     tuned = training.result(timeout=300)
     assert isinstance(tuned, dspy.LM), tuned  # DSPy hands back the exception when the flow failed
     assert tuned.model.startswith("llm/ft:tiny:custom:"), tuned.model
-    served = tuned.copy(model=f"openai/{tuned.model}")  # DSPy names the LM after fine_tuned_model alone
+    # DSPy names the new LM fine_tuned_model alone (`lm.copy(model=...)`), without its provider; LiteLLM infers
+    # OpenAI only for `ft:gpt-...` names, so any other fine-tune (ours included) needs `openai/` back.
+    served = tuned.copy(model=f"openai/{tuned.model}")
     outputs = served("Say apple.")
     assert isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], str)

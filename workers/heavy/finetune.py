@@ -250,7 +250,7 @@ def _callback(transformers: Any, handoff: Handoff) -> Any:
                 return
             event = {"step": int(state.global_step), "total": int(state.max_steps)}
             event.update({k: logs[k] for k in ("loss", "learning_rate", "epoch", "grad_norm") if k in logs})
-            handoff.hand("log", event)
+            handoff.post("log", event)  # the trainer goes on; a checkpoint waits for it
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             handoff.hand("saved", int(state.global_step))

@@ -2,7 +2,8 @@
 its callbacks hand events and checkpoint points to the job's generator one at a time.
 
 The library's thread waits until the generator has yielded (or checkpointed)
-what it handed over, so events and checkpoints keep the library's order, and a
+what it handed over (``hand``), or only queues an event (``post``, for frequent
+ones such as a trainer's log lines); the queue keeps the library's order, so a
 checkpoint's position covers exactly the events before it. If the generator
 goes away (the job was cancelled or its actor is stopping), ``closed`` is set:
 hand-offs stop waiting and the library is told to stop at its next check.
@@ -38,6 +39,11 @@ class Handoff:
         self.queue.put((kind, payload, done))
         while not done.wait(0.5) and not self.closed:
             pass
+
+    def post(self, kind: str, payload: Any) -> None:
+        """Called in the library's thread: queue ``payload`` without waiting (events only: a checkpoint
+        handed later still waits, so it covers every event posted before it)."""
+        self.queue.put((kind, payload, None))
 
     def items(self, work: Callable[[], Any], name: str) -> Iterator[tuple[str, Any]]:
         """Start ``work`` and yield ``(kind, payload)`` as handed over; ``("done", result)`` ends it, and an

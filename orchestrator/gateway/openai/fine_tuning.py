@@ -277,7 +277,7 @@ def router(orch: Orchestrator, pool: str = POOL) -> APIRouter:
     api = APIRouter(tags=["openai"])
 
     async def record_of(ftjob_id: str) -> dict[str, Any]:
-        """The job behind ``ftjob-<id>`` (404 unless it is a fine-tuning job)."""
+        """The job behind ``ftjob-<id>`` (404 unless it is a ``finetune`` job of ``pool``)."""
         job_id = ftjob_id.removeprefix(JOB_PREFIX)
         missing = JobNotFound(f"no fine-tuning job {ftjob_id!r}")
         if job_id == ftjob_id:
@@ -286,7 +286,7 @@ def router(orch: Orchestrator, pool: str = POOL) -> APIRouter:
             record: dict[str, Any] = unwrap(await orch.coordinator.get_job.remote(job_id))
         except JobNotFound:
             raise missing from None
-        if record.get("op") != FINETUNE_OP:
+        if record.get("op") != FINETUNE_OP or record.get("pool") != pool:
             raise missing
         return record
 
@@ -324,7 +324,7 @@ def router(orch: Orchestrator, pool: str = POOL) -> APIRouter:
     ) -> Response:
         """Fine-tuning jobs, newest first."""
         try:
-            records = await orch.coordinator.list_jobs.remote(None, None, 100_000)
+            records = await orch.coordinator.list_jobs.remote(pool, None, 100_000)
             jobs = [job_object(r) for r in records if r.get("op") == FINETUNE_OP]
             return _json(page(jobs, after, limit))
         except OrchestratorError as exc:
@@ -459,7 +459,8 @@ def _estimated_finish(record: dict[str, Any]) -> int | None:
     done, total = progress.get("done"), progress.get("total")
     if not started or not isinstance(done, int) or not isinstance(total, int) or done <= 0:
         return None
-    return int(started + (time.time() - started) * total / done)
+    now = time.time()
+    return int(max(now, started + (now - started) * total / done))  # all steps done: saving, any moment now
 
 
 def _json(obj: Any) -> JSONResponse:
