@@ -22,16 +22,13 @@ import pytest
 
 import orchestrator
 from tests.conftest import GatewayProcess, Start, wait_until
+from tests.kit import tuning
+from tests.kit.tuning import CHATS
 
 openai = pytest.importorskip("openai", reason="the openai client is a test extra: pip install openai")
 pytest.importorskip("trl", reason="fine-tuning needs trl: pip install -e '.[heavy]'")
 pytest.importorskip("peft", reason="fine-tuning needs peft: pip install -e '.[heavy]'")
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "north"]
-CHATS = [
-    {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-    for w in WORDS
-]
 FAST = {"max_steps": 8, "save_steps": 4}  # extensions, sent as extra_body
 HYPER = {"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 50}  # 50 x 2e-4 = 0.01: the adapter shows
 DONE = ("succeeded", "failed", "cancelled")
@@ -42,23 +39,7 @@ def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) ->
     from orchestrator.models.tiny import build_tiny_model
 
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-    small = {"num_cpus": 0.25}
-    return start_orchestrator(
-        {
-            "llm": {
-                "worker": "workers.light:Light",
-                "resources": small,
-                "options": {"model": str(tiny), "name": "tiny", "threads": 1},
-            },
-            "heavy": {  # the pool the fine-tuning routes submit to
-                "worker": "workers.heavy:Heavy",
-                "env_manager": "none",  # this venv: a pool named heavy would otherwise build envs/heavy with pip
-                "resources": small,
-                "health": {"period_s": 0.5, "timeout_s": 10},
-                "options": {"model": "llm/tiny"},
-            },
-        }
-    )
+    return start_orchestrator(tuning.pools(tiny))
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ import pytest
 import orchestrator
 from orchestrator import errors
 from tests.conftest import Start, actors, events_killing_once, kill_and_wait_restart
+from tests.kit import tuning
+from tests.kit.tuning import CHATS
 
 pytest.importorskip("trl", reason="fine-tuning needs trl: pip install -e '.[heavy]'")
 pytest.importorskip("peft", reason="fine-tuning needs peft: pip install -e '.[heavy]'")
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "north"]
-CHATS = [
-    {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-    for w in WORDS
-]
 FAST = {"max_steps": 12, "batch_size": 2, "learning_rate": 0.01, "save_steps": 4}
 
 
@@ -29,23 +26,7 @@ def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) ->
     from orchestrator.models.tiny import build_tiny_model
 
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-    small = {"num_cpus": 0.25}
-    return start_orchestrator(
-        {
-            "llm": {
-                "worker": "workers.light:Light",
-                "resources": small,
-                "options": {"model": str(tiny), "name": "tiny", "threads": 1},
-            },
-            "heavy": {
-                "worker": "workers.heavy:Heavy",
-                "env_manager": "none",  # this venv: a pool named heavy would otherwise build envs/heavy with pip
-                "resources": small,
-                "health": {"period_s": 0.5, "timeout_s": 10},
-                "options": {"model": "llm/tiny"},
-            },
-        }
-    )
+    return start_orchestrator(tuning.pools(tiny))
 
 
 def answers(orch: orchestrator.Orchestrator, model: str) -> list[str]:
