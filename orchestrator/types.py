@@ -42,6 +42,12 @@ class Final:
         return (Final, (self.value,))
 
 
+class Batch(list[Any]):
+    """Job events a host sends as one object (all its op yielded since the last send); each is logged alone."""
+
+    __slots__ = ()
+
+
 class Failure:
     """What a host returns instead of a result when the op failed: the error as a dict."""
 

@@ -1,8 +1,10 @@
 """Long-running jobs, run by the coordinator: a queue per pool, an exactly-once event log, retries.
 
 A job is a streaming op run on one actor. Each event it yields is appended
-to the store with the next sequence number before any reader can see it;
-readers only read the store. When the actor dies, the job is re-run (up to
+to the store with the next sequence number before any reader can see it
+(group commit: the events of all running jobs are written together, one
+transaction per batch, see :mod:`orchestrator.control.eventlog`); readers only
+read the store. When the actor dies, the job is re-run (up to
 ``max_retries``) on a live actor with ``ctx.resume`` set to its last
 checkpoint. A checkpoint marks a position in the event stream, so events a
 re-run yields again up to what was already logged are dropped, not repeated.
@@ -32,6 +34,7 @@ from ray.exceptions import RayActorError
 from orchestrator import metrics
 from orchestrator.config.schema import JobOptions
 from orchestrator.control.cluster import ask
+from orchestrator.control.eventlog import EventLog
 from orchestrator.control.pools import ActorSlot, PoolState
 from orchestrator.control.store import Store
 from orchestrator.errors import (
@@ -45,7 +48,7 @@ from orchestrator.errors import (
     SessionNotFound,
     WorkerCrashed,
 )
-from orchestrator.types import RECYCLING, Failure, Final, job_key
+from orchestrator.types import RECYCLING, Batch, Failure, Final, job_key
 
 FINISHED = ("succeeded", "failed", "cancelled")
 CHECKPOINT_WAIT_S = 60.0
@@ -99,8 +102,9 @@ class JobRunner:
         self.options = options
         self.queues: dict[str, deque[tuple[str, str | None]]] = {}  # per pool: (job id, session) waiting to run
         self.runs: dict[str, Run] = {}
-        self.logged: dict[str, int] = {}
+        self.logged: dict[str, int] = {}  # per job: the last event seq committed to the store
         self.changed = asyncio.Condition()
+        self.log = EventLog(store, self._committed)
 
     # --------------------------------------------------------------- submit
     async def submit(
@@ -246,28 +250,36 @@ class JobRunner:
         )
         outcome: Any = None
         position = base
+        batch = 0  # the event log's batch carrying this run's last event
         try:
             async for ref in method.remote(request, False, (job_id, resume_blob, base)):
-                item = await ref
-                if isinstance(item, Final | Failure):
-                    outcome = item
+                sent = await ref
+                if isinstance(sent, Final | Failure):
+                    outcome = sent
                     break
-                position += 1
-                if isinstance(item, dict) and isinstance(item.get("progress"), dict):
-                    run.progress = {**(run.progress or {}), **item["progress"]}
-                if position <= logged:
-                    continue  # re-yielded after a resume: already in the log
-                await asyncio.to_thread(self.store.append_event, job_id, position, item)
-                metrics.job_events().inc(tags={"pool": run.pool})
-                logged = self.logged[job_id] = position
-                await self._notify()
+                for item in sent if isinstance(sent, Batch) else (sent,):  # a host sends a job's events in batches
+                    position += 1
+                    if isinstance(item, dict) and isinstance(item.get("progress"), dict):
+                        run.progress = {**(run.progress or {}), **item["progress"]}
+                    if position <= logged:
+                        continue  # re-yielded after a resume: already in the log
+                    batch = await self.log.add(job_id, position, item)  # committed with others' events, in order
+                    metrics.job_events().inc(tags={"pool": run.pool})
+                    logged = position
         except RayActorError as exc:
             outcome = exc
         except Exception as exc:  # e.g. an event that cannot be pickled: fail the job, never the loop
             outcome = Failure(WorkerCrashed(f"job runner error: {exc}", pool=run.pool, op=job["op"]).to_dict())
         finally:
             self.runs.pop(job_id, None)
+        await self.log.written(batch)  # the outcome (and a re-run's view of the log) after every event
         await self._finish(pool, run, job, attempts, outcome)
+
+    async def _committed(self, last: dict[str, int], batch: list[tuple[str, int, Any]]) -> None:
+        """A batch of events is in the store: readers may see them, checkpoints after them may be stored."""
+        for job_id, seq in last.items():
+            self.logged[job_id] = max(seq, self.logged.get(job_id, 0))
+        await self._notify()
 
     async def _finish(self, pool: PoolState, run: Run, job: dict[str, Any], attempts: int, outcome: Any) -> None:
         job_id = job["id"]

@@ -230,17 +230,16 @@ class Store:
             counts.setdefault(pool, {})[status] = n
         return counts
 
-    def append_event(self, job_id: str, seq: int, data: Any) -> None:
-        """Log one event (seq is 1, 2, ... per job); committed before anyone reads it."""
+    def append_events(self, batch: list[tuple[str, int, Any]]) -> None:
+        """Log many jobs' events, ``(job id, seq, data)`` in order, in one transaction (a group commit)."""
+        rows = [(job_id, seq, pickle.dumps(data), time.time()) for job_id, seq, data in batch]
+        last = {job_id: seq for job_id, seq, _ in batch}
         db = self.events_db
-        with self.lock:  # one transaction: the event and the job's count never disagree
+        with self.lock:  # one transaction: the events and the jobs' counts never disagree
             db.execute("BEGIN")
             try:
-                db.execute(
-                    "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
-                    (job_id, seq, pickle.dumps(data), time.time()),
-                )
-                db.execute("UPDATE jobs SET events=? WHERE id=?", (seq, job_id))
+                db.executemany("INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)", rows)
+                db.executemany("UPDATE jobs SET events=? WHERE id=?", [(seq, job) for job, seq in last.items()])
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

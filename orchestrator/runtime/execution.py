@@ -9,7 +9,11 @@ naming the env file, ``gpu_oom``, or ``op_failed`` with the exception type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import queue
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 from orchestrator.contract import Context, OpSpec
 from orchestrator.errors import DependencyMissing, GpuOom, OpFailed, OrchestratorError
 from orchestrator.runtime.logs import carried
-from orchestrator.types import Final
+from orchestrator.types import Batch, Final
 
 LoopGetter = Callable[[], asyncio.AbstractEventLoop]
 
@@ -75,6 +79,75 @@ def run_stream(worker: Any, spec: OpSpec, args: dict[str, Any], ctx: Context, lo
             yield item
     finally:
         gen.close()
+
+
+BATCH_MAX = 512  # events in one Batch at most (and queued ahead of the sender at most)
+_END = object()
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def batched(items: Iterator[Any], ctx: Context) -> Iterator[Any]:
+    """A job's stream with its events grouped: ``items`` runs in its own thread, and each read sends all it
+    yielded since the last one as one :class:`~orchestrator.types.Batch` (``Final`` alone, last). An op that
+    yields slowly sends batches of one, as before; one that yields fast sends far fewer objects. The queue
+    between them holds ``BATCH_MAX`` events, so a slow reader still holds the op back."""
+    handed: queue.Queue[Any] = queue.Queue(maxsize=BATCH_MAX)
+    stopped = threading.Event()  # the sender went away: nobody reads the queue any more
+
+    def put(item: Any) -> bool:
+        while not stopped.is_set():
+            with contextlib.suppress(queue.Full):
+                handed.put(item, timeout=0.1)
+                return True
+        return False
+
+    def pump() -> None:  # runs the op (run_stream) in this thread, so its generator is closed here too
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # raised again in the sender, which maps it to the caller's error
+            put(_Raised(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a stopped op: GeneratorExit at its yield, so its own cleanup runs
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(pump,), name="job-events", daemon=True)
+    thread.start()
+    ended = False
+    try:
+        while not ended:
+            group, events = [handed.get()], Batch()
+            while len(group) < BATCH_MAX and not handed.empty():
+                group.append(handed.get_nowait())
+            for item in group:
+                if item is _END:
+                    ended = True
+                elif isinstance(item, _Raised):
+                    if events:
+                        yield events
+                    raise item.exc
+                elif isinstance(item, Final):
+                    if events:
+                        yield events
+                        events = Batch()
+                    yield item
+                else:
+                    events.append(item)
+            if events:
+                yield events
+    finally:
+        if not ended:  # the reader went away (cancelled, or its actor is stopping): the op stops at its next yield
+            ctx._cancelled = True
+            stopped.set()
 
 
 def pending_progress(ctx: Context) -> Iterator[Any]:

@@ -29,7 +29,7 @@ from orchestrator import metrics
 from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
 from orchestrator.runtime import logs
-from orchestrator.runtime.execution import gpu_memory, run_op, run_stream, to_error
+from orchestrator.runtime.execution import batched, gpu_memory, run_op, run_stream, to_error
 from orchestrator.runtime.turnstile import SessionSlot, Turn
 from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request, session_key
 
@@ -229,7 +229,9 @@ class WorkerHost:
                     self._as_job(ctx, job, call_id)
                 try:
                     with logs.calling(op, call_id, session, ctx.job_id):
-                        if spec.stream:
+                        if spec.stream and job is not None:  # events grouped per read: see batched
+                            yield from batched(run_stream(self.worker, spec, args, ctx, self._event_loop), ctx)
+                        elif spec.stream:
                             yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
                         else:
                             yield Final(run_op(self.worker, spec, args, ctx, self._event_loop))

@@ -1,0 +1,77 @@
+"""Group commit for job events: every running job's events go to the store together, one transaction per flush.
+
+A job run hands each event to :class:`EventLog` and goes on reading its
+generator; one writer task takes everything handed over since its last write
+and commits it in one transaction, off the event loop (the store's writes run
+on a worker thread). While a write is in flight, new events gather for the
+next one, so the more events arrive at once, the more each commit carries.
+An event is visible (``committed`` is called, readers are woken, checkpoints
+waiting for it go on) only once its transaction has committed. The log holds
+at most ``limit`` uncommitted events: a run handing over more waits for room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from orchestrator.control.store import Store
+
+log = logging.getLogger("orchestrator.jobs")
+LIMIT = 10_000  # uncommitted events held at most (memory bound when the disk is slower than the jobs)
+RETRY_S = 0.5  # after a failed write (a full disk...): the batch is kept and written again
+
+
+class EventLog:
+    """Job events waiting for their commit, and the task that commits them in batches."""
+
+    def __init__(
+        self, store: Store, committed: Callable[[dict[str, int], list[tuple[str, int, Any]]], Awaitable[None]]
+    ) -> None:
+        self.store = store
+        self.committed = committed  # (last seq per job, the batch): called after each commit
+        self.pending: list[tuple[str, int, Any]] = []
+        self.taken = 0  # batches taken for writing; an event added now goes out with batch ``taken + 1``
+        self.flushes = 0  # batches committed
+        self.changed = asyncio.Condition()
+        self.writer: asyncio.Task[None] | None = None
+
+    async def add(self, job_id: str, seq: int, data: Any) -> int:
+        """Hand over one event; returns the number of the batch that will carry it (for :meth:`written`)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.pending) < LIMIT)
+            self.pending.append((job_id, seq, data))
+            batch = self.taken + 1
+            self.changed.notify_all()
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._write())
+        return batch
+
+    async def written(self, batch: int) -> None:
+        """Wait until batch number ``batch`` (and every one before it) has committed."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.flushes >= batch)
+
+    async def _write(self) -> None:
+        while True:
+            async with self.changed:
+                await self.changed.wait_for(lambda: bool(self.pending))
+                batch, self.pending = self.pending, []
+                self.taken += 1
+                self.changed.notify_all()  # room again for runs waiting on the limit
+            while True:
+                try:
+                    await asyncio.to_thread(self.store.append_events, batch)
+                    break
+                except Exception:
+                    log.exception("writing %d job events failed; trying again", len(batch))
+                    await asyncio.sleep(RETRY_S)
+            last: dict[str, int] = {}
+            for job_id, seq, _ in batch:
+                last[job_id] = seq
+            await self.committed(last, batch)
+            async with self.changed:
+                self.flushes += 1
+                self.changed.notify_all()
