@@ -43,6 +43,26 @@ def test_job_runs_and_logs_every_event_once(orch: orchestrator.Orchestrator) -> 
     assert [seq for seq, _ in job.events(after=20, follow=False)] == []
 
 
+def test_fast_jobs_running_together_log_every_event_once_in_order(orch: orchestrator.Orchestrator) -> None:
+    # Ops that yield as fast as they can: their events go out in batches and are committed together with the
+    # other jobs' (group commit), yet each job's log is every event, once, in order, as its live reader saw it.
+    n = 3000
+    jobs = [orch.submit("small", "trials", n=n, checkpoint_every=700) for _ in range(3)]
+    seen: list[list[tuple[int, Any]]] = [[] for _ in jobs]
+    readers = [threading.Thread(target=lambda j=j, s=s: s.extend(j.events())) for j, s in zip(jobs, seen, strict=True)]
+    for reader in readers:
+        reader.start()
+    for job in jobs:
+        assert job.result(timeout=120) == {"total": sum(range(n)), "started_from": 0}
+    for reader in readers:
+        reader.join(timeout=60)
+    for job, got in zip(jobs, seen, strict=True):
+        events = list(job.events())
+        assert [seq for seq, _ in events] == list(range(1, 2 * n + 1)), "events missing or repeated"
+        assert trial_numbers(events) == list(range(n))
+        assert got == events
+
+
 @pytest.mark.parametrize("run", range(3))
 def test_job_survives_sigkill_at_random_points(orch: orchestrator.Orchestrator, run: int) -> None:
     rng = random.Random(run)
