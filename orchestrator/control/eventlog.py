@@ -27,11 +27,9 @@ RETRY_S = 0.5  # after a failed write (a full disk...): the batch is kept and wr
 class EventLog:
     """Job events waiting for their commit, and the task that commits them in batches."""
 
-    def __init__(
-        self, store: Store, committed: Callable[[dict[str, int], list[tuple[str, int, Any]]], Awaitable[None]]
-    ) -> None:
+    def __init__(self, store: Store, committed: Callable[[dict[str, int]], Awaitable[None]]) -> None:
         self.store = store
-        self.committed = committed  # (last seq per job, the batch): called after each commit
+        self.committed = committed  # (last seq per job in the batch): called after each commit
         self.pending: list[tuple[str, int, Any]] = []
         self.taken = 0  # batches taken for writing; an event added now goes out with batch ``taken + 1``
         self.flushes = 0  # batches committed
@@ -71,7 +69,7 @@ class EventLog:
             last: dict[str, int] = {}
             for job_id, seq, _ in batch:
                 last[job_id] = seq
-            await self.committed(last, batch)
+            await self.committed(last)
             async with self.changed:
                 self.flushes += 1
                 self.changed.notify_all()

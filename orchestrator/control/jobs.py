@@ -275,7 +275,7 @@ class JobRunner:
         await self.log.written(batch)  # the outcome (and a re-run's view of the log) after every event
         await self._finish(pool, run, job, attempts, outcome)
 
-    async def _committed(self, last: dict[str, int], batch: list[tuple[str, int, Any]]) -> None:
+    async def _committed(self, last: dict[str, int]) -> None:
         """A batch of events is in the store: readers may see them, checkpoints after them may be stored."""
         for job_id, seq in last.items():
             self.logged[job_id] = max(seq, self.logged.get(job_id, 0))

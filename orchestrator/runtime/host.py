@@ -223,7 +223,7 @@ class WorkerHost:
             admitted = True
             spec = self._spec(op)
             with self._turn(session, seq, caller) as ctx_state:
-                args = self._validate(spec, args, session)
+                args = self._validate(spec, args, session, checked=job is not None)
                 ctx = self._context(spec, session, call_id, ctx_state)
                 if job is not None:
                     self._as_job(ctx, job, call_id)
@@ -274,12 +274,14 @@ class WorkerHost:
             raise OpNotFound(f"pool {self.pool!r} has no op {op!r} (ops: {', '.join(sorted(self.ops))})")
         return spec
 
-    def _validate(self, spec: OpSpec, args: dict[str, Any], session: str | None) -> dict[str, Any]:
+    def _validate(self, spec: OpSpec, args: dict[str, Any], session: str | None, checked: bool) -> dict[str, Any]:
+        """Validate a call's arguments; the op's own ``check`` too unless it ran already (a job's, at submit)."""
         if spec.session and session is None:
             raise InvalidArguments(
                 f"op {spec.name!r} keeps session state: call it inside a session", pool=self.pool, op=spec.name
             )
-        return self._checked(spec, spec.validate(args, self.pool))
+        args = spec.validate(args, self.pool)
+        return args if checked else self._checked(spec, args)
 
     def _checked(self, spec: OpSpec, args: dict[str, Any]) -> dict[str, Any]:
         """Run the op's own ``check`` on validated arguments (errors name this pool and op)."""

@@ -84,26 +84,19 @@ class Callbacks:
         )
 
 
-class SeedOnce:
+eval_policy: Any = importlib.import_module("gepa.strategies.eval_policy")
+
+
+class SeedOnce(eval_policy.FullEvaluationPolicy):
     """GEPA's full-valset evaluation policy, except that a resumed run scores the seed on one example only."""
 
     def __init__(self, resuming: bool) -> None:
-        policy: Any = importlib.import_module("gepa.strategies.eval_policy")
-        self.full = policy.FullEvaluationPolicy()
+        super().__init__()
         self.resuming = resuming
 
     def get_seed_eval_batch(self, loader: Any) -> list[Any]:
         ids = list(loader.all_ids())
         return ids[:1] if self.resuming else ids
-
-    def get_eval_batch(self, loader: Any, state: Any, target_program_idx: Any = None) -> list[Any]:
-        return self.full.get_eval_batch(loader, state, target_program_idx)
-
-    def get_best_program(self, state: Any) -> Any:
-        return self.full.get_best_program(state)
-
-    def get_valset_score(self, program_idx: Any, state: Any) -> float:
-        return float(self.full.get_valset_score(program_idx, state))
 
 
 def gepa(
