@@ -7,6 +7,7 @@ things print:
     pools     status, call, sessions, pools restart, down (client: httpx and pydantic only)
     jobs      jobs submit | watch | list | cancel | result  (client)
     models    models tiny
+    envs      envs build | list                          (the server install)
 
 Importing this package imports every command module, so none of them may
 import a server part at module level: ``up`` and ``gateway`` import theirs
@@ -19,6 +20,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.cli.envs import cmd_envs_build, cmd_envs_list
 from orchestrator.cli.jobs import cmd_jobs_cancel, cmd_jobs_list, cmd_jobs_result, cmd_jobs_submit, cmd_jobs_watch
 from orchestrator.cli.models import cmd_models_tiny
 from orchestrator.cli.pools import cmd_call, cmd_down, cmd_pools_restart, cmd_sessions, cmd_status
@@ -86,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = models.add_subparsers(dest="kind", required=True)
     tiny = add_command(kinds, "tiny", cmd_models_tiny, client=False)
     tiny.add_argument("--out", type=Path, default=None, help="folder (default: ~/.cache/orchestrator/models/tiny)")
+
+    envs = sub.add_parser("envs", help="Per-pool virtualenvs (env_manager: venv): build, list.")
+    envs_sub = envs.add_subparsers(dest="envs_command", required=True)
+    build = add_command(envs_sub, "build", cmd_envs_build, client=False)
+    build.add_argument("pools", nargs="*", metavar="POOL", help="pools to build (default: every venv pool)")
+    listing_envs = add_command(envs_sub, "list", cmd_envs_list, client=False)
+    for env_command in (build, listing_envs):
+        env_command.add_argument("--config", default="pools.yaml", help="pools file (default: pools.yaml)")
 
     jobs = sub.add_parser("jobs", help="Long-running jobs: submit, watch, list, cancel, result.")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)

@@ -64,7 +64,13 @@ def pool_heading(pool: dict[str, Any]) -> str:
     queue = f", queued {pool['queued']}" if pool.get("queued") else ""
     jobs = ", ".join(f"{n} {state}" for state, n in sorted((pool.get("jobs") or {}).items()))
     jobs = f"; jobs: {jobs}" if jobs else ""
-    return f"{pool['name']} ({with_reason(pool)}; {pool['sessions']} session(s){queue}{jobs})"
+    size = pool.get("size") or {}
+    scaling = f"; {size['actors']} actor(s), autoscaled {size['min']}..{size['max']}" if _autoscaled(size) else ""
+    return f"{pool['name']} ({with_reason(pool)}{scaling}; {pool['sessions']} session(s){queue}{jobs})"
+
+
+def _autoscaled(size: dict[str, Any]) -> bool:
+    return size.get("max") is not None and size["max"] > size["min"] and "actors" in size
 
 
 def progress_text(progress: dict[str, Any] | None) -> str:

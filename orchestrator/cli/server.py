@@ -14,6 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from orchestrator.cli.envs import EnvLines
 from orchestrator.cli.render import StartupLines, say, status_table
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     host, port = args.host or gateway.host, gateway.port if args.port is None else args.port
     check_bind(host, bool(gateway.credentials()))  # refuse before starting anything
     say(f"starting {len(config.pools)} pool(s) from {args.config}")
-    orch = start(config, on_progress=StartupLines())
+    orch = start(config, on_progress=StartupLines(), on_env_progress=EnvLines())  # builds missing venv envs first
     say(status_table(orch.status().values()))
     dashboard = dashboard_url()
     if dashboard:

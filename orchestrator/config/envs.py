@@ -1,13 +1,17 @@
-"""Per-pool environments: ``envs/<pool>/requirements.txt`` -> a Ray runtime_env.
+"""Per-pool environments: ``envs/<pool>/requirements.txt`` -> a Ray runtime_env, and the code every node gets.
 
 Ray builds the env once per node and caches it; pools with an empty
-requirements file run in the orchestrator's own environment.
+requirements file run in the orchestrator's own environment. The project's
+code (the orchestrator package and each pool's worker package) travels in the
+runtime_env's ``py_modules``, so a worker node needs only Python and Ray.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,56 @@ def requirements(env_dir: Path | None) -> list[str]:
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
-def runtime_env(spec: Pool, env_dir: Path | None, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
-    """The Ray runtime_env for one pool's actors (``env_vars``: the orchestrator's own, beside the pool's)."""
+# Never shipped: bytecode caches (each node compiles its own) and editors' and tools' leftovers.
+CODE_EXCLUDES = ["__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache", ".ruff_cache"]
+
+
+def code_modules(workers: Iterable[str], base_dir: str | Path) -> list[str]:
+    """The local folders (or ``.py`` files) of the code actors import, for the runtime_env's ``py_modules``.
+
+    The orchestrator package itself and the top-level package of each ``"pkg.module:Class"`` in
+    ``workers``, looked up in ``base_dir`` (pools.yaml's folder) first, then on our own path. Code
+    installed in a site-packages folder belongs to the pool's env and is not shipped; a worker that
+    is not found here is left to the env (its start then fails naming the module).
+    """
+    found: dict[str, str] = {"orchestrator": str(Path(__file__).resolve().parent.parent)}
+    search = [str(Path(base_dir).resolve()), *sys.path]
+    for entry in workers:
+        top = entry.partition(":")[0].split(".")[0]
+        if top in found:
+            continue
+        spec = importlib.machinery.PathFinder.find_spec(top, search)
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:  # a package (namespace packages: their first folder)
+            path = str(next(iter(spec.submodule_search_locations)))
+        elif spec.origin and spec.origin.endswith(".py"):
+            path = spec.origin
+        else:
+            continue  # a compiled extension: the env's business
+        if not {"site-packages", "dist-packages"} & set(Path(path).parts):
+            found[top] = path
+    return sorted(found.values())
+
+
+def runtime_env(
+    spec: Pool,
+    env_dir: Path | None,
+    env_vars: dict[str, str] | None = None,
+    py_modules: list[str] | None = None,
+) -> dict[str, Any]:
+    """The Ray runtime_env for one pool's actors (``env_vars``: the orchestrator's own, beside the pool's;
+    ``py_modules``: the URIs of the code shipped to the nodes, see ``cluster.ship``)."""
     env: dict[str, Any] = {}
     if spec.env_vars or env_vars:
         env["env_vars"] = {**dict(spec.env_vars or {}), **(env_vars or {})}
+    if py_modules:
+        env["py_modules"] = list(py_modules)
     if spec.py_executable:
         env["py_executable"] = spec.py_executable
         return env
-    packages = requirements(env_dir) if spec.env_manager != "none" else []
+    # pip/uv: Ray builds the env on each node. (venv: start() built it and set py_executable; none: ours.)
+    packages = requirements(env_dir) if spec.env_manager in ("pip", "uv") else []
     if packages:
         env[spec.env_manager] = {"packages": packages}
         if spec.env_manager == "pip":

@@ -69,13 +69,37 @@ class Size(_Model):
     """How many actors the pool runs."""
 
     min: int = Field(1, ge=0, description="Actors started with the pool and kept alive.")
-    max: int | None = Field(None, ge=0, description="Upper bound (defaults to min); reserved for scaling.")
+    max: int | None = Field(
+        None, ge=0, description="Upper bound (defaults to min): above min, the pool autoscales (see `autoscale`)."
+    )
 
     @model_validator(mode="after")
     def _max_not_below_min(self) -> Size:
         if self.max is not None and self.max < self.min:
             raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
         return self
+
+
+class Autoscale(_Model):
+    """How a pool with ``size.max`` above ``size.min`` grows and shrinks.
+
+    Load is the pool's outstanding work per ready actor: the calls its actors run (their last
+    health ping) plus its queued jobs.
+    """
+
+    target: float | None = Field(
+        None,
+        gt=0,
+        description="Load per actor at or above which the pool adds an actor (default: limits.concurrency, "
+        "i.e. every actor busy).",
+    )
+    up_after_s: float = Field(5.0, ge=0, description="Load at or above target this long adds one actor.")
+    down_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="Cool-down: load that one actor fewer would carry at half the target, this long, removes "
+        "the newest actor (never below min, never one holding a session or running a job).",
+    )
 
 
 class Resources(_Model):
@@ -151,11 +175,16 @@ class Pool(_Model):
 
     worker: str = Field(description='The worker class, "pkg.module:Class".')
     env: str | None = Field(None, description="Folder holding requirements.txt (default envs/<pool> when it exists).")
-    env_manager: Literal["pip", "uv", "none"] = Field(
-        "pip", description="Installer Ray uses to build the env; none runs the pool in the orchestrator's own env."
+    env_manager: Literal["venv", "pip", "uv", "none"] = Field(
+        "venv",
+        description="venv: the orchestrator builds the pool's own virtualenv from env (cached; see "
+        "`orchestrator envs build`; on a multi-node cluster ORCHESTRATOR_ENVS_DIR must be a folder every node "
+        "shares); pip or uv: Ray builds it on each node; none: the pool runs in the orchestrator's own env. "
+        "An env without requirement lines is the orchestrator's own env too.",
     )
     py_executable: str | None = Field(None, description="A prebuilt virtualenv's python, instead of env.")
     size: Size = Field(default_factory=Size, description="Actor count (an int is min = max).")
+    autoscale: Autoscale = Field(default_factory=Autoscale, description="Scaling within size.min..size.max.")
     resources: Resources = Field(default_factory=Resources, description="Per-actor Ray resources.")
     limits: Limits = Field(default_factory=Limits, description="Per-actor limits.")
     restart: Restart = Field(default_factory=Restart, description="Restart intensity.")
@@ -270,6 +299,12 @@ class RayOptions(_Model):
     dashboard_host: str = Field("127.0.0.1", description="Where the embedded Ray dashboard listens.")
     num_cpus: float | None = Field(None, ge=0, description="Embedded Ray only: logical CPUs (default: the machine's).")
     num_gpus: float | None = Field(None, ge=0, description="Embedded Ray only: logical GPUs (default: detected).")
+    ship_code: bool = Field(
+        True,
+        description="Ship the orchestrator package and each pool's worker package to the nodes through the "
+        "runtime_env's py_modules (worker nodes then need only Python and Ray); false: nodes import them from "
+        "their own installs.",
+    )
 
     _empty_is_none = field_validator("address", mode="before")(lambda v: v or None)
 

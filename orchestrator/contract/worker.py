@@ -198,16 +198,24 @@ def ops_of(cls: type) -> dict[str, OpSpec]:
     return found
 
 
-def load_worker_class(entry: str, pool: str, options: dict[str, Any]) -> type[Worker]:
+def load_worker_class(entry: str, pool: str, options: dict[str, Any], env_file: str | None = None) -> type[Worker]:
     """Import ``"pkg.module:Class"`` and check it is a Worker that accepts ``options``.
 
-    Raises InvalidConfig naming the pool and the problem.
+    Raises InvalidConfig naming the pool and the problem; a module the worker's code imports that is not
+    installed also names ``env_file`` (the pool's requirements file), where it belongs.
     """
     where = f"pools.{pool}.worker"
     module_name, _, class_name = entry.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = exc.name or ""
+        if env_file and isinstance(exc, ModuleNotFoundError) and missing and not _contains(missing, module_name):
+            raise InvalidConfig(
+                f"{where}: {module_name!r} imports {missing!r} but {env_file} does not provide it",
+                pool=pool,
+                detail={"module": missing, "env_file": env_file},
+            ) from None
         raise InvalidConfig(f"{where}: cannot import {module_name!r}: {exc}", pool=pool) from None
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -225,3 +233,8 @@ def load_worker_class(entry: str, pool: str, options: dict[str, Any]) -> type[Wo
     except TypeError as exc:
         raise InvalidConfig(f"pools.{pool}.options: {entry} does not accept these options: {exc}", pool=pool) from None
     return cls
+
+
+def _contains(package: str, module: str) -> bool:
+    """Whether ``package`` is ``module`` or one of its parents (the worker's own code, not a dependency)."""
+    return module == package or module.startswith(package + ".")

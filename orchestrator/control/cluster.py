@@ -1,5 +1,5 @@
-"""The control plane's view of Ray: bounded awaits on actors, the named actors it may adopt, and
-alive nodes' resources and the demands Ray could not place yet.
+"""The control plane's view of Ray: bounded awaits on actors, the named actors it may adopt,
+alive nodes' resources and the demands Ray could not place yet, and the code it ships to nodes.
 
 The supervisor asks the last two to tell "waiting for resources" (and which) from
 "building its env or running its constructor" for an actor that is not ready.
@@ -8,9 +8,12 @@ The supervisor asks the last two to tell "waiting for resources" (and which) fro
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from typing import Any
 
 import ray
+
+from orchestrator.config.envs import CODE_EXCLUDES
 
 ADMIN_TIMEOUT_S = 10.0  # an admin answer (open a session, restore, validate, export) takes longer only if stuck
 
@@ -54,3 +57,21 @@ def pending_demands() -> list[dict[str, float]]:
         for demand in status.resource_demands.ray_task_actor_demand
         for by_count in demand.bundles_by_count
     ]
+
+
+def ship(paths: list[str]) -> list[str]:
+    """Upload local code folders (or ``.py`` files) to the cluster; their ``gcs://`` URIs for ``py_modules``.
+
+    Ray takes local paths in ``py_modules`` only at ``ray.init``, not in an actor's options, so the
+    coordinator uploads them itself. Content-addressed: an unchanged folder is not sent again, and one
+    Ray garbage-collected after its actors ended is sent again at the next launch.
+    """
+    if not paths:
+        return []
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    with tempfile.TemporaryDirectory(prefix="orchestrator-code-") as scratch:
+        shipped = upload_py_modules_if_needed(
+            {"py_modules": list(paths), "excludes": list(CODE_EXCLUDES)}, include_gitignore=True, scratch_dir=scratch
+        )
+    return list(shipped["py_modules"])

@@ -34,10 +34,11 @@ import ray
 
 from orchestrator import metrics
 from orchestrator.config.schema import Config
+from orchestrator.control.autoscale import Autoscaler
 from orchestrator.control.files import FileTable
 from orchestrator.control.jobs import JobRunner
 from orchestrator.control.poolcalls import PoolCalls
-from orchestrator.control.pools import PoolState
+from orchestrator.control.pools import ActorSlot, PoolState
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.sessions import SessionTable
 from orchestrator.control.store import Store
@@ -69,6 +70,13 @@ class Coordinator:
         self.files = FileTable(self.store, self.config.files)
         self.pool_calls = PoolCalls(self.store, self.pools, self.supervisor.recycle)
         self.supervisor.replay = self.pool_calls.replay
+        self.autoscaler = Autoscaler(
+            self.pools,
+            lambda pool: len(self.jobs.queues.get(pool, ())),
+            self._busy,
+            self.supervisor.add_actor,
+            lambda pool, slot, why: self.spawn(self.supervisor.remove_actor(pool, slot, why)),
+        )
         for name, spec in self.config.pools.items():
             self.pools[name] = PoolState(name, spec)
         self.boot_task = asyncio.get_running_loop().create_task(self._boot())
@@ -85,6 +93,12 @@ class Coordinator:
         """The pool and slot index a session is pinned to (None if it is not open)."""
         return self.session_table.slot_of(session_id)
 
+    def _busy(self, pool: PoolState, slot: ActorSlot) -> bool:
+        """The slot holds a session or runs a job: autoscaling never removes it."""
+        if self.session_table.counts(pool.name).get(slot.index):
+            return True
+        return any(run.pool == pool.name and run.slot == slot.index for run in self.jobs.runs.values())
+
     async def report_dead(self, pool_name: str, index: int, gen: int) -> None:
         """A caller saw this actor die: check it at once instead of at the next ping."""
         await self._booted()
@@ -96,6 +110,9 @@ class Coordinator:
         found = await self.supervisor.find_actors()
         sessions = self.session_table.load()
         for pool in self.pools.values():
+            for index in range(len(pool.slots), 1 + max((i for p, i in found if p == pool.name), default=-1)):
+                pool.slots.append(ActorSlot(pool.name, index))  # actors it had autoscaled to
+            metrics.pool_actors().set(len(pool.slots), tags={"pool": pool.name})
             for slot in pool.slots:
                 actor = found.get((pool.name, slot.index))
                 if actor is not None:
@@ -144,6 +161,10 @@ class Coordinator:
         while not self.stopping:
             for pool in list(self.pools.values()):
                 await _guarded(f"supervision of pool {pool.name}", self.supervisor.check(pool))
+                try:
+                    self.autoscaler.step(pool)
+                except Exception:
+                    log.exception("autoscaling pool %s failed", pool.name)
             await _guarded("session reaping", self.session_table.reap())
             try:
                 self.jobs.dispatch()
@@ -230,11 +251,6 @@ class Coordinator:
         await self._booted()
         return await self.jobs.cancel(job_id)
 
-    async def job_checkpoint(self, job_id: str, blob: bytes, position: int, call_id: str = "") -> Any:
-        """Called by the actor running a job: persist its resume point (a Failure if that run is stale)."""
-        await self._booted()
-        return await self.jobs.checkpoint(job_id, blob, position, call_id)
-
     # ---------------------------------------------------------------- files
     # Uploads and deletions (disk writes, and parsing a whole training file) and content reads run off the loop.
     async def put_file(self, filename: str, purpose: str, data: bytes) -> Any:
@@ -270,7 +286,7 @@ class Coordinator:
                 "state": pool.state,
                 "reason": pool.reason,
                 "worker": pool.spec.worker,
-                "size": pool.spec.size.model_dump(),
+                "size": {**pool.spec.size.model_dump(), "actors": len(pool.slots)},
                 "actors": [s.status(counts.get(s.index, 0)) for s in pool.slots],
                 "sessions": sum(counts.values()),
                 "ops": pool.ops,

@@ -26,7 +26,7 @@ import ray
 from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
 from orchestrator import metrics
-from orchestrator.config.envs import runtime_env
+from orchestrator.config.envs import code_modules, runtime_env
 from orchestrator.config.schema import Config
 from orchestrator.contract.paths import STATE_DIR_ENV
 from orchestrator.control import cluster
@@ -65,6 +65,8 @@ class Supervisor:
         self.spawn = spawn
         self.next_gen: dict[tuple[str, int], int] = {}  # after a stray is killed, its slot's next generation
         self.replay: Callable[[PoolState, ActorSlot], Coroutine[Any, Any, None]] | None = None  # pool-wide calls
+        workers = [spec.worker for spec in config.pools.values()]
+        self.code = code_modules(workers, config.base_dir) if config.ray.ship_code else []  # to every node
 
     # ---------------------------------------------------------------- launch
     def launch(self, pool: PoolState, slot: ActorSlot) -> None:
@@ -79,7 +81,9 @@ class Supervisor:
             "max_concurrency": spec.limits.concurrency,
             "max_restarts": 0,  # the supervisor restarts it (with its sessions), not Ray
             "lifetime": "detached",  # it outlives the coordinator, which adopts it after a restart
-            "runtime_env": runtime_env(spec, env_dir, {STATE_DIR_ENV: str(self.config.state_path())}),
+            "runtime_env": runtime_env(
+                spec, env_dir, {STATE_DIR_ENV: str(self.config.state_path())}, cluster.ship(self.code)
+            ),
         }
         if spec.resources.memory:
             options["memory"] = spec.resources.memory
@@ -193,7 +197,7 @@ class Supervisor:
             pool = self.pools.get(info["pool"])
             keep = (
                 pool is not None
-                and info["slot"] < len(pool.slots)
+                and info["slot"] < max(len(pool.slots), pool.spec.size.max or 0)  # autoscaled ones too
                 and info["error"] is None
                 and info["spec_hash"] == spec_hash(pool.spec.model_dump())
             )
@@ -366,6 +370,36 @@ class Supervisor:
         _forget_actor(pool.name, slot.name)
         slot.next_generation(f"recycled: {reason}")
         self.launch(pool, slot)
+
+    # ------------------------------------------------------------ autoscaling
+    def add_actor(self, pool: PoolState, reason: str) -> None:
+        """Grow the pool by one slot at its end and start its actor."""
+        slot = ActorSlot(pool.name, len(pool.slots))
+        self.first_gen(pool, slot)
+        pool.slots.append(slot)
+        pool.event("scale_up", slot.name, reason)
+        metrics.scaled().inc(tags={"pool": pool.name, "direction": "up"})
+        metrics.pool_actors().set(len(pool.slots), tags={"pool": pool.name})
+        self.launch(pool, slot)
+
+    async def remove_actor(self, pool: PoolState, slot: ActorSlot, reason: str) -> None:
+        """Shrink the pool by its last slot: routed away from, drained (in-flight calls finish), stopped."""
+        pool.event("scale_down", slot.name, reason)
+        metrics.scaled().inc(tags={"pool": pool.name, "direction": "down"})
+        self.next_gen[(pool.name, slot.index)] = slot.gen + 1  # a slot added again later gets a fresh name
+        if slot.state == "ready":
+            slot.state, slot.reason = "draining", f"scaling down: {reason}"
+            await self.routing.bump()
+            await self.sessions.save_states(await _stop_actor(slot.handle, DRAIN_S, "scaling down"))
+        elif slot.handle is not None:  # still starting or pending: nothing to drain
+            slot.state = "stopped"
+            ray.kill(slot.handle, no_restart=True)
+        slot.state = "stopped"
+        _forget_actor(pool.name, slot.name)
+        if pool.slots and pool.slots[-1] is slot:
+            pool.slots.pop()
+        metrics.pool_actors().set(len(pool.slots), tags={"pool": pool.name})
+        await self.routing.bump()
 
     async def stop_all(self, drain_s: float) -> dict[str, int]:
         """Graceful shutdown of every actor: drain, checkpoint sessions, let the worker close, kill."""

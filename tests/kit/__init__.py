@@ -52,6 +52,12 @@ class Toolbox(Worker):
             time.sleep(0.01)
         return time.monotonic() - start
 
+    @op
+    def busy(self, seconds: float) -> int:
+        """Keep the actor busy ``seconds``; returns its pid (which actor served the call)."""
+        time.sleep(seconds)
+        return os.getpid()
+
     @op(idempotent=True)
     def slow_echo(self, value: Any, seconds: float) -> Any:
         """Sleep uninterruptibly, then echo (for crash-during-call tests)."""
@@ -183,6 +189,16 @@ class Toolbox(Worker):
             if (t + 1) % checkpoint_every == 0:
                 ctx.checkpoint({"next": t + 1, "total": total})
         return {"total": total, "started_from": start}
+
+    @op
+    def steps(self, ctx: Context, n: int, interval: float = 0.0) -> Generator[dict[str, int], None, int]:
+        """Yield a step, then report progress and checkpoint after it: progress is pending at each checkpoint."""
+        for i in range(ctx.resume["next"] if ctx.resume else 0, n):
+            yield {"step": i}
+            ctx.progress(done=i + 1)
+            ctx.checkpoint({"next": i + 1})
+            time.sleep(interval)
+        return n
 
     @op
     async def aticker(self, n: int) -> AsyncIterator[dict[str, int]]:

@@ -7,6 +7,9 @@ lives in ``tests/kit`` and is never in the default pools.yaml.)
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import time
 from collections.abc import Generator
 from typing import Annotated, Any
@@ -34,6 +37,20 @@ class Demo(Worker):
     def add(self, a: int, b: int = 0) -> int:
         """Typed arguments: validated and coerced before the op runs."""
         return a + b
+
+    @op(idempotent=True)
+    def where(self) -> dict[str, Any]:
+        """Where this actor runs: Ray node id, host, pid, Python, and the file its code was loaded from
+        (under Ray's runtime_resources when the code was shipped to the node through the runtime env)."""
+        import ray
+
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "python": sys.executable,
+            "code": __file__,
+        }
 
     @op(session=True)
     def incr(self, ctx: Context, by: int = 1) -> int:
