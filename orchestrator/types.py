@@ -26,8 +26,8 @@ RECYCLING = "_recycling"
 # What a caller sends a WorkerHost, as ONE Ray argument (each extra Ray argument
 # costs ~40 us to serialize): op, args, session id, session sequence, caller id, call id.
 Request = tuple[str, Args, str | None, int | None, str, str]
-# A job run: job id, the pickled checkpoint to resume from (or None), events logged at that checkpoint.
-JobRun = tuple[str, bytes | None, int]
+# A job run: job id, the pickled checkpoint to resume from (or None).
+JobRun = tuple[str, bytes | None]
 
 
 class Final:
@@ -46,6 +46,19 @@ class Batch(list[Any]):
     """Job events a host sends as one object (all its op yielded since the last send); each is logged alone."""
 
     __slots__ = ()
+
+
+class Checkpoint:
+    """A job's checkpoint (the pickled object), sent in its stream: stored with the events before it, in their
+    transaction, so a re-run resumes exactly after them."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Checkpoint, (self.blob,))
 
 
 class Failure:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 import random
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -12,7 +15,9 @@ import pytest
 
 import orchestrator
 from orchestrator import errors
-from tests.conftest import Start, actors, kill_pid, toolbox, wait_until
+from orchestrator.control.store import INLINE_LIMIT, Store
+from orchestrator.types import job_key
+from tests.conftest import Start, actors, events_killing_once, kill_pid, toolbox, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +97,16 @@ def test_job_survives_sigkill_at_random_points(orch: orchestrator.Orchestrator, 
     assert record["attempts"] == 3, "both kills must have landed on the running job"
     assert result["started_from"] > 0, "a re-run must resume from its checkpoint, not from zero"
     assert result["total"] == sum(range(100))
+
+
+def test_progress_reported_before_a_checkpoint_is_logged_before_it(orch: orchestrator.Orchestrator) -> None:
+    # The re-run resumes right after the checkpoint: the progress event reported before it must already be
+    # logged, or the re-run's first step would be taken for it and dropped.
+    job = orch.submit("jobs", "steps", n=6, interval=0.3)
+    events, _ = events_killing_once(orch, job, "jobs", lambda e: e.get("progress") == {"done": 3})
+    assert job.result(timeout=60) == 6
+    assert job.status()["attempts"] == 2
+    assert events == [event for i in range(6) for event in ({"step": i}, {"progress": {"done": i + 1}})]
 
 
 def test_cancel_stops_a_cooperative_op(orch: orchestrator.Orchestrator) -> None:
@@ -177,3 +192,25 @@ def test_unfinished_job_resumes_when_the_orchestrator_restarts(start_orchestrato
     events = list(job.events())
     assert [seq for seq, _ in events] == list(range(1, 301))
     assert trial_numbers(events) == list(range(150))
+
+
+# ------------------------------------------------------------------ the store, without Ray
+def test_a_checkpoint_commits_with_the_events_before_it_or_not_at_all(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    small = pickle.dumps((b"first", 2))
+    store.append_events([("j", 1, {"e": 1}), ("j", 2, {"e": 2})], {"j": small})
+    assert store.get_checkpoint(job_key("j")) == small
+    large = pickle.dumps((b"x" * (INLINE_LIMIT + 1), 3))
+    store.append_events([("j", 3, {"e": 3})], {"j": large})  # a large one goes to a file of its own
+    assert store.get_checkpoint(job_key("j")) == large
+    [file] = (tmp_path / "checkpoints").iterdir()
+    larger = pickle.dumps((b"y" * (INLINE_LIMIT + 1), 5))
+    with pytest.raises(sqlite3.IntegrityError):  # event 3 is logged already: the whole batch fails
+        store.append_events([("j", 4, {"e": 4}), ("j", 3, {"e": "again"})], {"j": larger})
+    assert [seq for seq, _ in store.events("j")] == [1, 2, 3], "none of the failed batch's events"
+    assert store.get_checkpoint(job_key("j")) == large, "nor its checkpoint: the last stored one is whole"
+    assert list((tmp_path / "checkpoints").iterdir()) == [file], "the failed checkpoint's file is gone"
+    store.append_events([("j", 4, {"e": 4})], {"j": larger})
+    assert store.get_checkpoint(job_key("j")) == larger
+    assert file not in list((tmp_path / "checkpoints").iterdir()), "the replaced checkpoint's file is deleted"
+    store.close()

@@ -27,6 +27,7 @@ class Context:
     _cancelled: bool = field(default=False, repr=False)  # set from the admin thread; a bool store is atomic
     _checkpoint: Callable[[Any], None] | None = field(default=None, repr=False)
     _orchestrator: Callable[[], Orchestrator] | None = field(default=None, repr=False)
+    _emit: Callable[[Any], bool] | None = field(default=None, repr=False)  # puts an item in a batched stream
     last_progress: dict[str, Any] = field(default_factory=dict, repr=False)
     yielded: int = field(default=0, repr=False)  # events this run has yielded (jobs: for checkpoint positions)
     pending: list[Any] = field(default_factory=list, repr=False)  # job progress events, sent before the next one
@@ -41,7 +42,10 @@ class Context:
         """Save ``obj`` (in a session: the session state when ``obj`` is None) durably.
 
         After a crash, a session is restored from its last checkpoint and a job is
-        re-run with ``ctx.resume`` set to it.
+        re-run with ``ctx.resume`` set to it. A session's checkpoint is stored when
+        this returns. A job's goes out in its stream and is stored with the events
+        yielded (and progress reported) before it, in their transaction, so this
+        returns at once and a re-run resumes exactly after those events.
         """
         if self._checkpoint is None:
             raise RuntimeError("checkpoint() needs a session or a job: this call has neither")

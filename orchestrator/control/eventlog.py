@@ -5,15 +5,18 @@ generator; one writer task takes everything handed over since its last write
 and commits it in one transaction, off the event loop (the store's writes run
 on a worker thread). While a write is in flight, new events gather for the
 next one, so the more events arrive at once, the more each commit carries.
-An event is visible (``committed`` is called, readers are woken, checkpoints
-waiting for it go on) only once its transaction has committed. The log holds
-at most ``limit`` uncommitted events: a run handing over more waits for room.
+An event is visible (``committed`` is called, readers are woken) only once its
+transaction has committed. A job's checkpoint is handed over the same way, after
+the events before it: it commits with them or after them, never before, and a
+batch holding one is synced to disk as it commits. The log holds at most
+``LIMIT`` uncommitted events: a run handing over more waits for room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +34,7 @@ class EventLog:
         self.store = store
         self.committed = committed  # (last seq per job in the batch): called after each commit
         self.pending: list[tuple[str, int, Any]] = []
+        self.checkpoints: dict[str, bytes] = {}  # job id -> its latest checkpoint, pickled (resume blob, position)
         self.taken = 0  # batches taken for writing; an event added now goes out with batch ``taken + 1``
         self.flushes = 0  # batches committed
         self.changed = asyncio.Condition()
@@ -47,6 +51,16 @@ class EventLog:
             self.writer = asyncio.create_task(self._write())
         return batch
 
+    async def checkpoint(self, job_id: str, position: int, blob: bytes) -> int:
+        """Hand over a job's checkpoint taken after its ``position`` events; returns its batch's number."""
+        async with self.changed:
+            self.checkpoints[job_id] = pickle.dumps((blob, position))  # a later one in the same batch replaces it
+            batch = self.taken + 1
+            self.changed.notify_all()
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._write())
+        return batch
+
     async def written(self, batch: int) -> None:
         """Wait until batch number ``batch`` (and every one before it) has committed."""
         async with self.changed:
@@ -55,16 +69,17 @@ class EventLog:
     async def _write(self) -> None:
         while True:
             async with self.changed:
-                await self.changed.wait_for(lambda: bool(self.pending))
+                await self.changed.wait_for(lambda: bool(self.pending or self.checkpoints))
                 batch, self.pending = self.pending, []
+                checkpoints, self.checkpoints = self.checkpoints, {}
                 self.taken += 1
                 self.changed.notify_all()  # room again for runs waiting on the limit
             while True:
                 try:
-                    await asyncio.to_thread(self.store.append_events, batch)
+                    await asyncio.to_thread(self.store.append_events, batch, checkpoints)
                     break
                 except Exception:
-                    log.exception("writing %d job events failed; trying again", len(batch))
+                    log.exception("writing %d job events (%d checkpoints) failed; again", len(batch), len(checkpoints))
                     await asyncio.sleep(RETRY_S)
             last: dict[str, int] = {}
             for job_id, seq, _ in batch:

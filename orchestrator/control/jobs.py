@@ -6,12 +6,14 @@ to the store with the next sequence number before any reader can see it
 transaction per batch, see :mod:`orchestrator.control.eventlog`); readers only
 read the store. When the actor dies, the job is re-run (up to
 ``max_retries``) on a live actor with ``ctx.resume`` set to its last
-checkpoint. A checkpoint marks a position in the event stream, so events a
-re-run yields again up to what was already logged are dropped, not repeated.
+checkpoint. A checkpoint travels in the job's stream and is stored in the
+transaction of the events before it, so it marks an exact position in the event
+log: events a re-run yields again up to what was already logged are dropped,
+not repeated.
 
 A restarted coordinator re-queues the unfinished jobs (``recover``) and re-runs
-them from their checkpoints the same way; the previous run's checkpoints are
-refused by call id. A queued job that can no longer run (its session is gone,
+them from their checkpoints the same way; the previous run's stream has no
+reader any more, so nothing it sends is stored. A queued job that can no longer run (its session is gone,
 its pool failed) fails with the reason instead of holding up the queue, and a
 job that lands on a recycling actor is re-queued. Store I/O runs off the loop.
 """
@@ -39,7 +41,6 @@ from orchestrator.control.pools import ActorSlot, PoolState
 from orchestrator.control.store import Store
 from orchestrator.errors import (
     InvalidArguments,
-    JobCancelled,
     JobNotFound,
     OpNotFound,
     OrchestratorError,
@@ -48,10 +49,9 @@ from orchestrator.errors import (
     SessionNotFound,
     WorkerCrashed,
 )
-from orchestrator.types import RECYCLING, Batch, Failure, Final, job_key
+from orchestrator.types import RECYCLING, Batch, Checkpoint, Failure, Final, job_key
 
 FINISHED = ("succeeded", "failed", "cancelled")
-CHECKPOINT_WAIT_S = 60.0
 
 
 class JobHost(Protocol):
@@ -236,8 +236,7 @@ class JobRunner:
     async def _run(self, pool: PoolState, run: Run, job: dict[str, Any]) -> None:
         job_id = job["id"]
         checkpoint = await asyncio.to_thread(self.store.get_checkpoint, job_key(job_id))
-        resume, base = pickle.loads(checkpoint) if checkpoint is not None else (None, 0)
-        resume_blob = pickle.dumps(resume) if checkpoint is not None else None
+        resume_blob, base = pickle.loads(checkpoint) if checkpoint is not None else (None, 0)
         logged = self.logged.setdefault(job_id, job["events"])
         attempts = job["attempts"] + 1
         started = job["started"] or time.time()
@@ -252,12 +251,16 @@ class JobRunner:
         position = base
         batch = 0  # the event log's batch carrying this run's last event
         try:
-            async for ref in method.remote(request, False, (job_id, resume_blob, base)):
+            async for ref in method.remote(request, False, (job_id, resume_blob)):
                 sent = await ref
                 if isinstance(sent, Final | Failure):
                     outcome = sent
                     break
                 for item in sent if isinstance(sent, Batch) else (sent,):  # a host sends a job's events in batches
+                    if isinstance(item, Checkpoint):  # in the transaction of the events before it
+                        batch = await self.log.checkpoint(job_id, position, item.blob)
+                        metrics.checkpoint_bytes().inc(len(item.blob), tags={"pool": run.pool, "kind": "job"})
+                        continue
                     position += 1
                     if isinstance(item, dict) and isinstance(item.get("progress"), dict):
                         run.progress = {**(run.progress or {}), **item["progress"]}
@@ -318,31 +321,6 @@ class JobRunner:
             metrics.jobs_finished().inc(tags={"pool": pool.name, "status": fields["status"]})
         await self._notify()
         self.dispatch()
-
-    async def checkpoint(self, job_id: str, blob: bytes, position: int, call_id: str = "") -> Any:
-        """Store a job checkpoint once every event yielded before it is logged (so none is skipped later).
-
-        Only the job's current run may checkpoint: a run a restarted coordinator has replaced gets a
-        Failure (and stops), so it can never overwrite the resume point of the run that replaced it."""
-        if not self._current(job_id, call_id):
-            message = f"job {job_id}: this run was replaced (the coordinator restarted and re-ran the job)"
-            return Failure(JobCancelled(message).to_dict())
-        async with self.changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.changed.wait_for(lambda: self.logged.get(job_id, 0) >= position), CHECKPOINT_WAIT_S
-                )
-        if not self._current(job_id, call_id):
-            return Failure(JobCancelled(f"job {job_id}: this run ended before its checkpoint was stored").to_dict())
-        blob = pickle.dumps((pickle.loads(blob), position))
-        await asyncio.to_thread(self.store.put_checkpoint, job_key(job_id), blob)
-        run = self.runs.get(job_id)
-        metrics.checkpoint_bytes().inc(len(blob), tags={"pool": run.pool if run else "", "kind": "job"})
-        return None
-
-    def _current(self, job_id: str, call_id: str) -> bool:
-        run = self.runs.get(job_id)
-        return run is not None and (not call_id or run.call_id == call_id)
 
     # --------------------------------------------------------------- cancel
     async def cancel(self, job_id: str) -> Any:

@@ -85,18 +85,21 @@ class Store:
 
     def put_checkpoint(self, key: str, blob: bytes) -> None:
         """Save (replace) a checkpoint."""
-        path = None
-        if len(blob) > INLINE_LIMIT:
-            folder = self.dir / "checkpoints"
-            folder.mkdir(exist_ok=True)
-            file = folder / hashlib.sha256(key.encode()).hexdigest()
-            _write_durably(file, blob)  # a crash never leaves half a checkpoint
-            path, blob = str(file), b""
+        row = self._checkpoint_row(key, blob, time.time())
         with self.lock:
-            self.db.execute(
-                "INSERT OR REPLACE INTO checkpoints (key, blob, path, updated) VALUES (?, ?, ?, ?)",
-                (key, blob, path, time.time()),
-            )
+            stale = _upsert_checkpoints(self.db, [row])
+        _unlink(stale)
+
+    def _checkpoint_row(self, key: str, blob: bytes, now: float) -> tuple[str, bytes, str | None, float]:
+        """A checkpoints row; a large blob is written to a new file of its own first (durably: never half a
+        checkpoint, and the one it replaces stays whole until the row pointing at this one has committed)."""
+        if len(blob) <= INLINE_LIMIT:
+            return (key, blob, None, now)
+        folder = self.dir / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        file = folder / f"{hashlib.sha256(key.encode()).hexdigest()}-{time.time_ns()}"
+        _write_durably(file, blob)
+        return (key, b"", str(file), now)
 
     def get_checkpoint(self, key: str) -> bytes | None:
         """The last checkpoint under ``key``, or None."""
@@ -230,20 +233,32 @@ class Store:
             counts.setdefault(pool, {})[status] = n
         return counts
 
-    def append_events(self, batch: list[tuple[str, int, Any]]) -> None:
-        """Log many jobs' events, ``(job id, seq, data)`` in order, in one transaction (a group commit)."""
-        rows = [(job_id, seq, pickle.dumps(data), time.time()) for job_id, seq, data in batch]
+    def append_events(self, batch: list[tuple[str, int, Any]], checkpoints: dict[str, bytes] | None = None) -> None:
+        """Log many jobs' events, ``(job id, seq, data)`` in order, and jobs' checkpoints (by job id) in one
+        transaction (a group commit). One holding a checkpoint is synced to disk as it commits."""
+        now = time.time()
+        rows = [(job_id, seq, pickle.dumps(data), now) for job_id, seq, data in batch]
         last = {job_id: seq for job_id, seq, _ in batch}
+        saved = [self._checkpoint_row(job_key(job_id), blob, now) for job_id, blob in (checkpoints or {}).items()]
         db = self.events_db
-        with self.lock:  # one transaction: the events and the jobs' counts never disagree
-            db.execute("BEGIN")
+        with self.lock:  # one transaction: the events, the jobs' counts and their checkpoints never disagree
+            if saved:
+                db.execute("PRAGMA synchronous=FULL")
             try:
-                db.executemany("INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)", rows)
-                db.executemany("UPDATE jobs SET events=? WHERE id=?", [(seq, job) for job, seq in last.items()])
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN")
+                try:
+                    db.executemany("INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)", rows)
+                    db.executemany("UPDATE jobs SET events=? WHERE id=?", [(seq, job) for job, seq in last.items()])
+                    stale = _upsert_checkpoints(db, saved)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    _unlink([path for _, _, path, _ in saved if path])  # files of checkpoints never stored
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if saved:
+                    db.execute("PRAGMA synchronous=NORMAL")
+        _unlink(stale)
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, Any]]:
         """Logged events with seq > after, in order."""
@@ -363,3 +378,20 @@ def _job(row: tuple[Any, ...]) -> dict[str, Any]:
     job["result"] = pickle.loads(job["result"]) if job["result"] is not None else None
     job["error"] = json.loads(job["error"]) if job["error"] else None
     return job
+
+
+def _upsert_checkpoints(db: sqlite3.Connection, rows: list[tuple[str, bytes, str | None, float]]) -> list[str]:
+    """Insert or replace checkpoint rows (in the caller's transaction); the files of the ones replaced."""
+    stale = []
+    for key, _, path, _ in rows:
+        old = db.execute("SELECT path FROM checkpoints WHERE key=?", (key,)).fetchone()
+        if old and old[0] and old[0] != path:
+            stale.append(old[0])
+    db.executemany("INSERT OR REPLACE INTO checkpoints (key, blob, path, updated) VALUES (?, ?, ?, ?)", rows)
+    return stale
+
+
+def _unlink(paths: list[str]) -> None:
+    """Delete replaced checkpoints' files (after the commit that replaced them)."""
+    for path in paths:
+        Path(path).unlink(missing_ok=True)

@@ -1,7 +1,12 @@
 """``Stream``: the events of one streaming call, read straight from the actor (sync or async iteration).
 
-Backpressure comes from Ray's streaming generator (``limits.stream_buffer``
-events ahead of the reader); closing a stream early cancels the op.
+The actor sends the events its op yielded since the last send as one ``Batch``
+(many per object when the op is fast, one when it is slow); the reader hands
+them out one by one. Backpressure: the actor queues about a third of
+``limits.stream_buffer`` events and sends batches of at most as many, and Ray's
+streaming generator holds at most ``STREAM_OBJECTS`` unread batches, so an op
+runs about ``stream_buffer`` events ahead of a slow reader, while a reader that
+keeps up is never held back. Closing a stream early cancels the op.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from typing import Any, NoReturn, Protocol
 
 import ray
@@ -16,7 +22,9 @@ from ray.exceptions import RayActorError
 
 from orchestrator.dataplane.router import LOCAL, WAIT_FOR_ACTOR_S, Router, unwrap
 from orchestrator.errors import PoolUnavailable, WorkerCrashed
-from orchestrator.types import RECYCLING, Failure, Final
+from orchestrator.types import RECYCLING, Batch, Failure, Final
+
+STREAM_OBJECTS = 2  # unread batches Ray holds per stream (each a third of limits.stream_buffer at most)
 
 
 class SessionLike(Protocol):
@@ -47,6 +55,7 @@ class Stream:
         self.call_id = router.new_call_id()
         router.check_op(pool, op)
         self.items: Any = None  # opened on first read: the op starts when someone listens
+        self.batch: deque[Any] = deque()  # events of the last batch not handed out yet
 
     def _open(self, exclude: set[str]) -> Any:
         router = self.router
@@ -64,8 +73,9 @@ class Stream:
         assert isinstance(target, dict)
         self.actor = target
         router.acquire(self.pool, target)
-        buffer = router.pool(self.pool)["limits"]["stream_buffer"]
-        method = target["handle"].stream.options(num_returns="streaming", _generator_backpressure_num_objects=buffer)
+        method = target["handle"].stream.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_OBJECTS
+        )
         if self.session is None:
             return method.remote((self.op, self.args, None, None, router.caller, self.call_id))
         with self.session.lock:
@@ -77,6 +87,8 @@ class Stream:
 
     def __next__(self) -> Any:
         while not self.done:
+            if self.batch:
+                return self._event(self.batch.popleft())
             if self.items is None:
                 self.items = self._open(self.exclude)
             try:
@@ -95,6 +107,8 @@ class Stream:
     async def __anext__(self) -> Any:
         """Async iteration (the gateway): awaits each event without blocking the loop."""
         while not self.done:
+            if self.batch:
+                return self._event(self.batch.popleft())
             if self.items is None:
                 self.items = await asyncio.to_thread(self._open, self.exclude)
             try:
@@ -120,8 +134,15 @@ class Stream:
         self.close()  # interrupted (cancelled task, Ctrl-C): the op must stop too
         raise exc
 
+    def _event(self, item: Any) -> Any:
+        self.events += 1
+        return item
+
     def _take(self, item: Any) -> bool:
-        """True for an event to hand out; handles Final, Failure and a draining actor."""
+        """True for an event to hand out; handles Final, Failure, a Batch (its events) and a draining actor."""
+        if isinstance(item, Batch):
+            self.batch.extend(item)
+            return False
         if isinstance(item, Final):
             self._finish()
             self.result = item.value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import pickle
 import queue
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 from orchestrator.contract import Context, OpSpec
 from orchestrator.errors import DependencyMissing, GpuOom, OpFailed, OrchestratorError
 from orchestrator.runtime.logs import carried
-from orchestrator.types import Batch, Final
+from orchestrator.types import Batch, Checkpoint, Final
 
 LoopGetter = Callable[[], asyncio.AbstractEventLoop]
 
@@ -92,12 +93,13 @@ class _Raised:
         self.exc = exc
 
 
-def batched(items: Iterator[Any], ctx: Context) -> Iterator[Any]:
-    """A job's stream with its events grouped: ``items`` runs in its own thread, and each read sends all it
+def batched(items: Iterator[Any], ctx: Context, limit: int = BATCH_MAX) -> Iterator[Any]:
+    """A stream with its events grouped: ``items`` runs in its own thread, and each read sends all it
     yielded since the last one as one :class:`~orchestrator.types.Batch` (``Final`` alone, last). An op that
     yields slowly sends batches of one, as before; one that yields fast sends far fewer objects. The queue
-    between them holds ``BATCH_MAX`` events, so a slow reader still holds the op back."""
-    handed: queue.Queue[Any] = queue.Queue(maxsize=BATCH_MAX)
+    between them holds ``limit`` events (and a batch at most as many), so a slow reader still holds the op
+    back. ``ctx._emit`` puts an item in the same queue (a job's checkpoint: see ``job_checkpoint``)."""
+    handed: queue.Queue[Any] = queue.Queue(maxsize=limit)
     stopped = threading.Event()  # the sender went away: nobody reads the queue any more
 
     def put(item: Any) -> bool:
@@ -106,6 +108,8 @@ def batched(items: Iterator[Any], ctx: Context) -> Iterator[Any]:
                 handed.put(item, timeout=0.1)
                 return True
         return False
+
+    ctx._emit = put
 
     def pump() -> None:  # runs the op (run_stream) in this thread, so its generator is closed here too
         try:
@@ -126,7 +130,7 @@ def batched(items: Iterator[Any], ctx: Context) -> Iterator[Any]:
     try:
         while not ended:
             group, events = [handed.get()], Batch()
-            while len(group) < BATCH_MAX and not handed.empty():
+            while len(group) < limit and not handed.empty():
                 group.append(handed.get_nowait())
             for item in group:
                 if item is _END:
@@ -148,6 +152,20 @@ def batched(items: Iterator[Any], ctx: Context) -> Iterator[Any]:
         if not ended:  # the reader went away (cancelled, or its actor is stopping): the op stops at its next yield
             ctx._cancelled = True
             stopped.set()
+            thread.join()  # and has stopped before the call ends (a session's next call must not overlap it)
+
+
+def job_checkpoint(ctx: Context, obj: Any) -> None:
+    """A job's ``ctx.checkpoint``: a :class:`~orchestrator.types.Checkpoint` in its batched stream, after the
+    events (progress included) reported before it. The coordinator stores it with them, in one transaction;
+    the op goes on without waiting for the store."""
+    emit = ctx._emit
+    if emit is None:
+        raise RuntimeError("a job's checkpoint needs its batched stream")
+    for event in pending_progress(ctx):  # progress reported before the checkpoint is logged before it
+        emit(event)
+    if not emit(Checkpoint(pickle.dumps(obj))):
+        ctx._cancelled = True  # nobody reads this run any more: the op should stop
 
 
 def pending_progress(ctx: Context) -> Iterator[Any]:

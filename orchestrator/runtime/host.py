@@ -29,7 +29,7 @@ from orchestrator import metrics
 from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
 from orchestrator.runtime import logs
-from orchestrator.runtime.execution import batched, gpu_memory, run_op, run_stream, to_error
+from orchestrator.runtime.execution import batched, gpu_memory, job_checkpoint, run_op, run_stream, to_error
 from orchestrator.runtime.turnstile import SessionSlot, Turn
 from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request, session_key
 
@@ -61,6 +61,9 @@ class WorkerHost:
         self.max_memory: int | None = limits.get("max_memory")
         self.max_calls: int | None = limits.get("max_calls")
         self.checkpoint_mode: str = spec.get("sessions", {}).get("checkpoint", "explicit")
+        # A stream's batches: the reader holds at most 2 ahead (stream.STREAM_OBJECTS), so the op runs at
+        # most about limits.stream_buffer events ahead of it (queued here and in flight).
+        self.stream_batch = max(1, int(limits.get("stream_buffer", 256)) // 3)
         self.lock = threading.Lock()
         self.calls = 0
         self.inflight = 0
@@ -77,7 +80,7 @@ class WorkerHost:
         self.worker: Worker | None = None
         self.ops: dict[str, OpSpec] = {}
         try:
-            cls = load_worker_class(spec["worker"], pool, spec.get("options", {}))
+            cls = load_worker_class(spec["worker"], pool, spec.get("options", {}), env_file)
             self.ops = ops_of(cls)
             self.worker = cls(**spec.get("options", {}))
         except OrchestratorError as exc:
@@ -214,7 +217,7 @@ class WorkerHost:
     def stream(self, request: Request, inline: bool = False, job: JobRun | None = None) -> Iterator[Any]:
         """Run an op as a stream: its events, then ``Final(result)`` or ``Failure(error)``.
 
-        ``job`` (id, pickled resume point or None, events logged at that point) runs it as a job.
+        ``job`` (id, pickled resume point or None) runs it as a job.
         """
         op, args, session, seq, caller, call_id = request
         admitted, outcome, started = False, "ok", time.perf_counter()
@@ -226,11 +229,14 @@ class WorkerHost:
                 args = self._validate(spec, args, session, checked=job is not None)
                 ctx = self._context(spec, session, call_id, ctx_state)
                 if job is not None:
-                    self._as_job(ctx, job, call_id)
+                    self._as_job(ctx, job)
                 try:
                     with logs.calling(op, call_id, session, ctx.job_id):
-                        if spec.stream and job is not None:  # events grouped per read: see batched
-                            yield from batched(run_stream(self.worker, spec, args, ctx, self._event_loop), ctx)
+                        if job is not None:  # events grouped per read, checkpoints among them: see batched
+                            yield from batched(self._job_items(spec, args, ctx), ctx)
+                        elif spec.stream and not inline:  # events grouped per read, at most half the buffer
+                            stream = run_stream(self.worker, spec, args, ctx, self._event_loop)
+                            yield from batched(stream, ctx, self.stream_batch)
                         elif spec.stream:
                             yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
                         else:
@@ -307,23 +313,18 @@ class WorkerHost:
             self.running[call_id] = ctx
         return ctx
 
-    def _as_job(self, ctx: Context, job: JobRun, call_id: str) -> None:
-        job_id, resume, base = job
+    def _as_job(self, ctx: Context, job: JobRun) -> None:
+        job_id, resume = job
         ctx.job_id = job_id
         ctx.resume = pickle.loads(resume) if resume is not None else None
+        ctx._checkpoint = functools.partial(job_checkpoint, ctx)
 
-        def checkpoint(obj: Any) -> None:
-            # The position tells a re-run which of its events are already logged; the call id lets the
-            # coordinator refuse a run it no longer owns (one a restarted coordinator has re-run elsewhere).
-            position = base + ctx.yielded
-            answer = ray.get(
-                self._coordinator_handle().job_checkpoint.remote(job_id, pickle.dumps(obj), position, call_id)
-            )
-            if isinstance(answer, Failure):
-                ctx._cancelled = True
-                raise OrchestratorError.from_dict(answer.error)
-
-        ctx._checkpoint = checkpoint
+    def _job_items(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Iterator[Any]:
+        """A job's op as a stream: a streaming op's events, then ``Final``; a plain op's ``Final`` alone."""
+        if spec.stream:
+            yield from run_stream(self.worker, spec, args, ctx, self._event_loop)
+        else:
+            yield Final(run_op(self.worker, spec, args, ctx, self._event_loop))
 
     def _after_session_call(self, session: str | None) -> None:
         if session is not None and self.checkpoint_mode == "after_call":
