@@ -40,11 +40,12 @@ class EventLog:
         self.changed = asyncio.Condition()
         self.writer: asyncio.Task[None] | None = None
 
-    async def add(self, job_id: str, seq: int, data: Any) -> int:
-        """Hand over one event; returns the number of the batch that will carry it (for :meth:`written`)."""
+    async def add(self, events: list[tuple[str, int, Any]]) -> int:
+        """Hand over events ``(job id, seq, data)``, in order; returns the number of the batch that will carry
+        them (for :meth:`written`)."""
         async with self.changed:
             await self.changed.wait_for(lambda: len(self.pending) < LIMIT)
-            self.pending.append((job_id, seq, data))
+            self.pending.extend(events)
             batch = self.taken + 1
             self.changed.notify_all()
         if self.writer is None or self.writer.done():

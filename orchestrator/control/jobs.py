@@ -256,19 +256,24 @@ class JobRunner:
                 if isinstance(sent, Final | Failure):
                     outcome = sent
                     break
+                events: list[tuple[str, int, Any]] = []
+                latest: tuple[int, bytes] | None = None  # the batch's last checkpoint: it supersedes the others
                 for item in sent if isinstance(sent, Batch) else (sent,):  # a host sends a job's events in batches
-                    if isinstance(item, Checkpoint):  # in the transaction of the events before it
-                        batch = await self.log.checkpoint(job_id, position, item.blob)
-                        metrics.checkpoint_bytes().inc(len(item.blob), tags={"pool": run.pool, "kind": "job"})
+                    if isinstance(item, Checkpoint):
+                        latest = (position, item.blob)
                         continue
                     position += 1
                     if isinstance(item, dict) and isinstance(item.get("progress"), dict):
                         run.progress = {**(run.progress or {}), **item["progress"]}
-                    if position <= logged:
-                        continue  # re-yielded after a resume: already in the log
-                    batch = await self.log.add(job_id, position, item)  # committed with others' events, in order
-                    metrics.job_events().inc(tags={"pool": run.pool})
-                    logged = position
+                    if position > logged:  # else re-yielded after a resume: already in the log
+                        events.append((job_id, position, item))
+                        logged = position
+                if events:  # committed with others' events, in order
+                    batch = await self.log.add(events)
+                    metrics.job_events().inc(len(events), tags={"pool": run.pool})
+                if latest is not None:  # in the transaction of the events before it, or a later one
+                    batch = await self.log.checkpoint(job_id, *latest)
+                    metrics.checkpoint_bytes().inc(len(latest[1]), tags={"pool": run.pool, "kind": "job"})
         except RayActorError as exc:
             outcome = exc
         except Exception as exc:  # e.g. an event that cannot be pickled: fail the job, never the loop
