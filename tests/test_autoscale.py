@@ -41,6 +41,7 @@ def orch(start_orchestrator: Start) -> orchestrator.Orchestrator:
             "elastic": elastic(),
             "pinned": elastic(size={"min": 1, "max": 2}, sessions={"per_worker": 1}),
             "kept": elastic(size={"min": 1, "max": 2}, autoscale={"down_after_s": 600}),
+            "lazy": elastic(size={"min": 0, "max": 1}),
         }
     )
 
@@ -123,6 +124,16 @@ def test_autoscaled_actors_survive_the_coordinators_death(orch: orchestrator.Orc
     wait_until(lambda: coordinator_pid(orch) != old, 60, "a new coordinator")
     wait_until(lambda: [a["pid"] for a in ready(orch, "kept")] == pids, 30, "both actors adopted")
     assert orch.call("kept", "busy", seconds=0) in pids
+
+
+def test_a_pool_of_min_zero_starts_an_actor_for_a_queued_job_and_stops_it_after(
+    orch: orchestrator.Orchestrator,
+) -> None:
+    assert actors(orch, "lazy") == [] and orch.status()["lazy"]["state"] == "running"
+    job = orch.submit("lazy", "trials", n=3)
+    assert job.result(timeout=60)["total"] == 3, "an actor was started for it"
+    assert scale_events(orch, "lazy")[0] == ("scale_up", "lazy-0")
+    wait_until(lambda: actors(orch, "lazy") == [], 30, "the pool to shrink back to no actor")
 
 
 def test_bad_autoscale_settings_name_the_field() -> None:

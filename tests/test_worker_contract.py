@@ -54,6 +54,19 @@ def test_validation_names_the_bad_field() -> None:
     assert spec.validate({"texts": ["a"]}) == {"texts": ["a"], "normalize": True}
 
 
+def test_an_op_without_arguments_refuses_any_by_name() -> None:
+    class NoArgs(Worker):
+        @op
+        def ping(self) -> str:
+            return "pong"
+
+    spec = ops_of(NoArgs)["ping"]
+    assert spec.validate({}) == {}
+    with pytest.raises(InvalidArguments, match="bogus: unexpected argument") as info:
+        spec.validate({"bogus": 1}, pool="p")
+    assert info.value.detail == [{"field": "bogus", "message": "unexpected argument"}] and info.value.op == "ping"
+
+
 def test_load_worker_class_checks_entry_class_and_options() -> None:
     assert load_worker_class("tests.kit:Toolbox", "p", {"greeting": "yo"}).__name__ == "Toolbox"
     with pytest.raises(InvalidConfig, match="pools.p.worker: cannot import 'workers.nope'"):

@@ -32,6 +32,7 @@ class Context:
     yielded: int = field(default=0, repr=False)  # events this run has yielded (jobs: for checkpoint positions)
     pending: list[Any] = field(default_factory=list, repr=False)  # job progress events, sent before the next one
     started: float = field(default_factory=time.time, repr=False)  # when the call began (status: seconds running)
+    ray_task: str | None = field(default=None, repr=False)  # a job's Ray task name (status; the dashboard's tasks)
 
     @property
     def cancelled(self) -> bool:

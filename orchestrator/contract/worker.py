@@ -62,7 +62,11 @@ class OpSpec:
 
     def validate(self, args: dict[str, Any], pool: str | None = None) -> dict[str, Any]:
         """Validate and coerce ``args``; raise InvalidArguments naming each bad field."""
-        if self.args_model is None:
+        if self.args_model is None:  # the op takes no arguments: any is refused, by name
+            if args:
+                problems = [{"field": str(name), "message": "unexpected argument"} for name in args]
+                text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+                raise InvalidArguments(text, pool=pool, op=self.name, detail=problems)
             return args
         try:
             model = self.args_model.model_validate(args)

@@ -113,6 +113,8 @@ class Coordinator:
             for index in range(len(pool.slots), 1 + max((i for p, i in found if p == pool.name), default=-1)):
                 pool.slots.append(ActorSlot(pool.name, index))  # actors it had autoscaled to
             metrics.pool_actors().set(len(pool.slots), tags={"pool": pool.name})
+            if not pool.slots:
+                pool.state = "running"  # size.min 0: nothing to wait for (autoscaling starts one for queued jobs)
             for slot in pool.slots:
                 actor = found.get((pool.name, slot.index))
                 if actor is not None:

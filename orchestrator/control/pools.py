@@ -46,13 +46,15 @@ class ActorSlot:
         self.last_restart = {"time": time.time(), "reason": reason}
 
     def running(self, now: float | None = None) -> list[dict[str, Any]]:
-        """The ops the actor ran at its last ping, longest-running first: op, call and job id, progress, seconds."""
+        """The ops the actor ran at its last ping, longest-running first: op, call and job id (and a job's Ray
+        task name), progress, seconds."""
         now = time.time() if now is None else now
         calls = [
             {
                 "op": call["op"],
                 "call_id": call_id,
                 "job_id": call.get("job_id"),
+                "task": call.get("task"),
                 "session": call.get("session"),
                 "progress": call.get("progress"),
                 "seconds": round(max(0.0, now - call["started"]), 1),

@@ -130,6 +130,7 @@ class WorkerHost:
                     "job_id": ctx.job_id,
                     "session": ctx.session_id,
                     "started": ctx.started,
+                    "task": ctx.ray_task,
                     "progress": dict(ctx.last_progress) or None,
                 }
                 for cid, ctx in list(self.running.items())
@@ -318,6 +319,7 @@ class WorkerHost:
         ctx.job_id = job_id
         ctx.resume = pickle.loads(resume) if resume is not None else None
         ctx._checkpoint = functools.partial(job_checkpoint, ctx)
+        ctx.ray_task = ray.get_runtime_context().get_task_name()  # here: the op runs in a thread of its own
 
     def _job_items(self, spec: OpSpec, args: dict[str, Any], ctx: Context) -> Iterator[Any]:
         """A job's op as a stream: a streaming op's events, then ``Final``; a plain op's ``Final`` alone."""

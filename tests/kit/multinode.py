@@ -15,7 +15,6 @@ Prints one JSON line with what was observed; ``tests/test_cluster.py`` asserts o
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from ray.cluster_utils import Cluster
 
 import orchestrator
 from orchestrator.config import parse_config
+from tests.kit.clusters import reporting
 
 PROBE = '''
 import os
@@ -104,7 +104,7 @@ def main() -> None:
     }
     out: dict[str, Any] = {"head": head, "driver_can_import_probe": importlib.util.find_spec(probe) is not None}
     orch = orchestrator.start(parse_config(config, base_dir=folder))
-    try:
+    with reporting(out, orch, cluster):
         seen = [orch.call("spread", "where") for _ in range(8)]
         out["spread_nodes"] = sorted({s["node_id"] for s in seen})
         out["spread_actor_nodes"] = sorted(a["node_id"] for a in orch.status()["spread"]["actors"])
@@ -145,13 +145,6 @@ def main() -> None:
         out["events"] = [(e["kind"], e["actor"]) for e in status["events"] if e["kind"].startswith("scale_")]
         out["reasons"] = [e["reason"] for e in status["events"] if e["kind"].startswith("scale_")]
         out["after_scale_down"] = orch.call("elastic", "where")["node_id"] != ""
-    finally:
-        print(json.dumps(out), flush=True)
-        try:
-            orch.shutdown(drain_s=1.0)
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
 
 
 if __name__ == "__main__":

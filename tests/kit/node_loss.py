@@ -8,7 +8,6 @@ one node; that node is removed. Prints one JSON line with what was observed;
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from ray.cluster_utils import Cluster
 
 import orchestrator
 from orchestrator.config import parse_config
+from tests.kit.clusters import reporting
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     }
     orch = orchestrator.start(parse_config(config, base_dir="."))
     out: dict[str, Any] = {}
-    try:
+    with reporting(out, orch, cluster):
         session = orch.session("p")
         out["before"] = session.call("incr", by=5)
         actor = orch.status()["p"]["actors"][session.slot]
@@ -67,13 +67,6 @@ def main() -> None:
         actors = orch.status()["p"]["actors"]
         out["pool"] = [{"state": a["state"], "off_lost_node": a["node_id"] != doomed.node_id} for a in actors]
         out["session_actor_moved"] = actors[session.slot]["node_id"] != doomed.node_id
-    finally:
-        print(json.dumps(out), flush=True)
-        try:
-            orch.shutdown(drain_s=1.0)
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
 
 
 if __name__ == "__main__":
