@@ -374,19 +374,23 @@ class JobRunner:
         return self.store.list_jobs(pool, status, limit)
 
     async def events(self, job_id: str, after: int = 0, wait_s: float = 0.0, limit: int = 1000) -> Any:
-        """Logged events after ``after`` (waiting up to ``wait_s`` for one), and whether the job is over."""
-        job = self.store.get_job(job_id)
+        """Logged events after ``after`` (waiting up to ``wait_s`` for one), and whether the job is over.
+        (Reads run off the loop, on the store's reading connection.)"""
+        job, events = await asyncio.to_thread(self._read, job_id, after, limit)
         if job is None:
             return Failure(JobNotFound(f"no job {job_id}").to_dict())
-        events = self.store.events(job_id, after, limit)
         if not events and wait_s > 0 and job["status"] not in FINISHED:
             async with self.changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait_for(lambda: self._moved(job_id, after)), wait_s)
-            events = self.store.events(job_id, after, limit)
-            job = self.store.get_job(job_id) or job
+            again, events = await asyncio.to_thread(self._read, job_id, after, limit)
+            job = again or job
         finished = job["status"] in FINISHED and (not events or events[-1][0] >= job["events"])
         return {"events": events, "status": job["status"], "finished": finished}
+
+    def _read(self, job_id: str, after: int, limit: int) -> tuple[dict[str, Any] | None, Any]:
+        job = self.store.get_job(job_id)
+        return job, (self.store.events(job_id, after, limit) if job is not None else [])
 
     def _moved(self, job_id: str, after: int) -> bool:
         # In memory: a reader woken by another job's event must not cost a database read.

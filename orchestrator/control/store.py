@@ -6,6 +6,8 @@ their event logs, uploaded files. Large checkpoints go to files under
 only their path in the database. The schema carries a version and is
 created on first use.
 
+Job records and events are read on a third connection, so readers never wait for a commit's fsync.
+
 Durability: session and job records and checkpoints are fsynced as they
 commit (WAL with ``synchronous=FULL``), and a checkpoint or uploaded file is written
 to a temporary name, fsynced, renamed and its folder fsynced: what a call reported
@@ -75,6 +77,10 @@ class Store:
         self.db = _connect(self.dir / "orchestrator.db", "FULL")
         self.db.executescript(_SCHEMA)
         self.events_db = _connect(self.dir / "orchestrator.db", "NORMAL")
+        # Jobs and their events are read on a connection of their own: WAL lets a reader go on while a
+        # group commit is syncing, so job readers never wait for the writer's fsync.
+        self.read_lock = threading.Lock()
+        self.reader = _connect(self.dir / "orchestrator.db", "NORMAL")
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -203,8 +209,8 @@ class Store:
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """One job as a dict, or None."""
-        with self.lock:
-            cursor = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
+        with self.read_lock:
+            cursor = self.reader.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
             row = cursor.fetchone()
         return _job(row) if row else None
 
@@ -262,8 +268,8 @@ class Store:
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, Any]]:
         """Logged events with seq > after, in order."""
-        with self.lock:
-            rows = self.db.execute(
+        with self.read_lock:
+            rows = self.reader.execute(
                 "SELECT seq, data FROM job_events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?", (job_id, after, limit)
             ).fetchall()
         return [(seq, pickle.loads(data)) for seq, data in rows]
@@ -332,7 +338,8 @@ class Store:
 
     def close(self) -> None:
         """Close the database."""
-        with self.lock:
+        with self.lock, self.read_lock:
+            self.reader.close()
             self.events_db.close()
             self.db.close()
 
