@@ -66,8 +66,12 @@ class _Held:
                 _Held.thread.start()
 
     def set(self, value: float | None, tags: dict[str, str] | None = None) -> None:
-        self.values[tuple(sorted((tags or {}).items()))] = value or 0.0
-        self.gauge.set(value or 0.0, tags=tags)
+        """Set one series; an unchanged value costs a dict lookup (the repeating thread keeps reporting it)."""
+        key, value = tuple(sorted((tags or {}).items())), value or 0.0
+        if self.values.get(key) == value:
+            return
+        self.values[key] = value
+        self.gauge.set(value, tags=tags)
 
     def forget(self, tags: dict[str, str]) -> None:
         """Stop reporting one series (an actor that is gone): it drops out of the export."""

@@ -132,11 +132,15 @@ class Orchestrator:
                 done, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
                 if not done:
                     done, _ = ray.wait(list(inflight), num_returns=1)
-                for ref in done:
+                try:
+                    values: list[Any] | None = ray.get(done)  # one get for all that are done
+                except RayActorError:
+                    values = None  # one died: find which, one by one
+                for i, ref in enumerate(done):
                     index, actor = inflight.pop(ref)
                     router.release(pool, actor)
                     try:
-                        value = ray.get(ref)
+                        value = values[i] if values is not None else ray.get(ref)
                     except RayActorError as exc:
                         raise WorkerCrashed(f"the actor running call {index} died: {exc}", pool=pool, op=op) from None
                     if isinstance(value, Failure) and value.code == RECYCLING:
