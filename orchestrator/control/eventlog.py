@@ -48,8 +48,7 @@ class EventLog:
             self.pending.extend(events)
             batch = self.taken + 1
             self.changed.notify_all()
-        if self.writer is None or self.writer.done():
-            self.writer = asyncio.create_task(self._write())
+        self._start_writer()
         return batch
 
     async def checkpoint(self, job_id: str, position: int, blob: bytes) -> int:
@@ -58,9 +57,12 @@ class EventLog:
             self.checkpoints[job_id] = pickle.dumps((blob, position))  # a later one in the same batch replaces it
             batch = self.taken + 1
             self.changed.notify_all()
+        self._start_writer()
+        return batch
+
+    def _start_writer(self) -> None:
         if self.writer is None or self.writer.done():
             self.writer = asyncio.create_task(self._write())
-        return batch
 
     async def written(self, batch: int) -> None:
         """Wait until batch number ``batch`` (and every one before it) has committed."""
