@@ -9,7 +9,12 @@ from typing import Any
 
 def sse_message(event_id: int, event: str, data: Any) -> str:
     """One message as the gateway writes it: an id, an event type and one line of JSON data."""
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=_plain)}\n\n"
+
+
+def _plain(value: Any) -> Any:
+    """Arrays (numpy, in an op's events or result) as lists; anything else without a JSON form as its str."""
+    return value.tolist() if hasattr(value, "tolist") and hasattr(value, "shape") else str(value)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,49 @@ def test_embed_through_the_pool(orch: orchestrator.Orchestrator) -> None:
     assert info["model"] == "all-MiniLM-L6-v2" and info["device"] == "cpu" and info["dim"] == 384
 
 
+def test_in_process_embeddings_are_arrays_read_without_copies_and_json_lists_over_http(
+    orch: orchestrator.Orchestrator, gateway: GatewayProcess
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from workers.retrieval.embedder import bundled_minilm
+
+    texts = [f"{text} ({i})" for i in range(40) for text in TEXTS]  # 120 x 384 float32: past Ray's inline size
+    vectors = orch.call(POOL, "embed", texts=texts)
+    assert isinstance(vectors, np.ndarray) and vectors.dtype == np.float32 and vectors.shape == (120, 384)
+    assert not vectors.flags.writeable  # a view of Ray's object store, not a copy (nor lists of floats)
+    bare = SentenceTransformer(str(bundled_minilm()), device="cpu").encode(texts, normalize_embeddings=True)
+    assert cosine(vectors, bare).min() >= 0.999
+    over_http = httpx.post(f"{gateway.url}/v1/pools/{POOL}/ops/embed", json={"texts": texts[:3]}, timeout=60)
+    rows = over_http.json()["result"]
+    assert over_http.status_code == 200 and isinstance(rows[0], list) and len(rows) == 3
+    assert np.array_equal(np.asarray(rows, dtype=np.float32), vectors[:3])  # float32 written exactly
+    openai_body = {"model": f"{POOL}/minilm", "input": texts[:3]}
+    data = httpx.post(f"{gateway.url}/v1/embeddings", json=openai_body, timeout=60).json()["data"]
+    assert np.array_equal(np.asarray([d["embedding"] for d in data], dtype=np.float32), vectors[:3])
+
+
+def test_session_takes_arrays_as_vectors(orch: orchestrator.Orchestrator) -> None:
+    vectors = orch.call(POOL, "embed", texts=[doc for _, doc, _ in DOCS])
+    with orch.session(POOL) as index:
+        assert index.call("add", vectors=vectors, ids=[i for i, _, _ in DOCS])["size"] == 3
+        queries = orch.call(POOL, "embed", texts=["a purring kitten", "markets"])
+        by_array = index.call("search", vectors=queries, k=1)
+        assert [r["ids"] for r in by_array["results"]] == [["cat"], ["stocks"]]
+        assert index.call("search", vectors=queries.tolist(), k=1) == by_array
+        bad = [
+            (queries[0], "vectors"),  # one vector, not a matrix
+            (np.zeros((2, 5), np.float32), "vectors"),  # not the model's dimension
+            (np.full((1, 384), np.nan, np.float32), "vectors"),
+            (np.array([["a"] * 384]), "vectors"),
+        ]
+        for matrix, field in bad:
+            with pytest.raises(errors.InvalidArguments) as exc:
+                index.call("add", vectors=matrix)
+            assert invalid_field(exc) == field, (matrix.shape, exc.value)
+        assert index.call("size") == 3
+
+
 def test_session_index_search_filter_delete(orch: orchestrator.Orchestrator) -> None:
     with orch.session(POOL) as index:
         fill(index)

@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from orchestrator.dataplane.handles import Orchestrator, Session
 from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import InvalidArguments, OpFailed, OrchestratorError
+from orchestrator.gateway.jsonbody import dumps
 from orchestrator.sse import sse_message
 
 SSE = "text/event-stream"
@@ -75,7 +76,7 @@ async def run_call(
 
 def _json_result(value: Any, pool: str, op: str) -> Response:
     try:
-        body = json.dumps({"result": value}, separators=(",", ":"))
+        body = dumps({"result": value})
     except (TypeError, ValueError) as exc:
         raise OpFailed(f"the op's result is not JSON-serializable: {exc}", pool=pool, op=op) from None
     return Response(body, media_type="application/json")

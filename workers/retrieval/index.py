@@ -137,7 +137,7 @@ class VectorIndex:
         replaced = [i for i in ids if i in self.rows]
         if replaced:
             self.delete(replaced)
-        self._pending.append(np.ascontiguousarray(vectors, dtype=np.float32))
+        self._pending.append(np.array(vectors, dtype=np.float32))  # a copy: the index owns its rows
         start = len(self.ids)
         for offset, (key, doc, meta) in enumerate(zip(ids, docs, metadata, strict=True)):
             self.rows[key] = start + offset

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import ValidatorFunctionWrapHandler, WrapValidator
 
 from orchestrator import Context, Worker, op
 from orchestrator.contract import confined_path
@@ -29,6 +30,20 @@ from workers.retrieval.embedder import Embedder
 from workers.retrieval.index import VectorIndex, bad, check_filter
 
 Hits = dict[str, Any]
+
+
+def _arrays_as_given(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A 2-D numeric numpy array passes as it is (in-process callers: no copy); anything else is lists."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 2 or value.dtype.kind not in "fiu":
+            raise ValueError(f"expected a 2-D array of numbers, got shape {value.shape} of {value.dtype}")
+        return value
+    return handler(value)
+
+
+# Precomputed embeddings: a (n, dim) numpy array in-process, lists of numbers over JSON.
+Vectors = Annotated[list[list[float]], WrapValidator(_arrays_as_given)]
+Matrix = np.ndarray[tuple[int, int], np.dtype[np.float32]]
 
 
 class Retrieval(Worker):
@@ -121,17 +136,21 @@ class Retrieval(Worker):
         normalize: bool = True,
         batch_size: int | None = None,
         encoding: Literal["float", "base64"] = "float",
-    ) -> list[list[float]] | list[str]:
-        """One embedding per text: lists of floats, or base64 of little-endian float32 (OpenAI's format)."""
-        return self._encoded(self._encode(texts, "texts", normalize, batch_size)[0], encoding)
+    ) -> Matrix | list[str]:
+        """One embedding per text: a float32 array of shape (texts, dim), or base64 of little-endian float32
+        per text (OpenAI's format). The array travels through Ray's object store without copies; over
+        HTTP it is JSON lists of floats."""
+        vectors = self._encode(texts, "texts", normalize, batch_size)[0]
+        if encoding == "base64":
+            return [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
+        return vectors
 
     @op(idempotent=True)
-    def embeddings(
-        self, texts: list[str], encoding: Literal["float", "base64"] = "float", batch_size: int | None = None
-    ) -> dict[str, Any]:
-        """``embed`` (normalized) for the OpenAI route: ``{"model", "embeddings", "tokens"}``."""
+    def embeddings(self, texts: list[str], batch_size: int | None = None) -> dict[str, Any]:
+        """``embed`` (normalized) for the OpenAI route: ``{"model", "embeddings" (an array), "tokens"}``;
+        the route writes the array as floats or base64."""
         vectors, tokens = self._encode(texts, "texts", True, batch_size)
-        return {"model": self.embedder.name, "embeddings": self._encoded(vectors, encoding), "tokens": tokens}
+        return {"model": self.embedder.name, "embeddings": vectors, "tokens": tokens}
 
     # -------------------------------------------------------------- sessions
     @op(session=True)
@@ -141,10 +160,11 @@ class Retrieval(Worker):
         docs: list[str] | None = None,
         ids: list[str] | None = None,
         metadata: list[dict[str, Any]] | None = None,
-        vectors: list[list[float]] | None = None,
+        vectors: Vectors | None = None,
         batch_size: int | None = None,
     ) -> dict[str, Any]:
-        """Add documents (embedded here) or precomputed ``vectors`` to the session's index.
+        """Add documents (embedded here) or precomputed ``vectors`` (a (n, dim) array, or lists) to the
+        session's index.
 
         ``ids`` default to random hex ids; an existing id is replaced. Returns the ids and the new size.
         """
@@ -152,8 +172,7 @@ class Retrieval(Worker):
             raise bad("docs", "give docs (texts to embed) or vectors (precomputed embeddings)", "add")
         if docs is not None:
             self._check_texts(docs, "docs")  # stored even when vectors are given, so bounded as well
-        what = "docs" if docs is not None else "vectors"
-        count = len(docs if docs is not None else vectors or [])
+        what, count = ("docs", len(docs)) if docs is not None else ("vectors", len(vectors))  # type: ignore[arg-type]
         for name, given in (("ids", ids), ("metadata", metadata), ("vectors", vectors)):
             if given is not None and len(given) != count:  # checked before the index changes: add is all or nothing
                 raise bad(name, f"has {len(given)} items for {count} {what}", "add")
@@ -171,7 +190,7 @@ class Retrieval(Worker):
         ctx: Context,
         query: str | None = None,
         queries: list[str] | None = None,
-        vectors: list[list[float]] | None = None,
+        vectors: Vectors | None = None,
         k: int = 10,
         filter: dict[str, Any] | None = None,
         exact: bool = False,
@@ -191,7 +210,7 @@ class Retrieval(Worker):
             raise bad("k", f"must be a positive number of results, got {k}", "search")
         if k > self.max_k:
             raise bad("k", f"{k} results; this pool returns at most {self.max_k} per query (options.max_k)", "search")
-        count = 1 if query is not None else len(queries if queries is not None else vectors or [])
+        count = 1 if query is not None else len(queries if queries is not None else vectors)  # type: ignore[arg-type]
         if count * k > self.max_hits:
             message = f"{count} queries x k={k} = {count * k} results; at most {self.max_hits} (options.max_hits)"
             raise bad("k", message, "search")
@@ -263,22 +282,22 @@ class Retrieval(Worker):
                 limit = f"this pool takes at most {self.max_input_chars} per text (options.max_input_chars)"
                 raise bad(where, f"{len(text)} characters; {limit}")
 
-    @staticmethod
-    def _encoded(vectors: np.ndarray, encoding: str) -> list[list[float]] | list[str]:
-        if encoding == "base64":
-            return [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
-        rows: list[list[float]] = vectors.tolist()
-        return rows
-
-    def _matrix(self, vectors: list[list[float]], field: str) -> np.ndarray:
-        if not vectors:
+    def _matrix(self, vectors: list[list[float]] | np.ndarray, field: str) -> np.ndarray:
+        if len(vectors) == 0:
             raise bad(field, "must hold at least one vector, got an empty list")
         self._check_count(len(vectors), field)
         dim = self.embedder.dim
-        for i, row in enumerate(vectors):
-            if len(row) != dim:
-                raise bad(f"{field}.{i}", f"expected {dim} numbers (the model's dimension), got {len(row)}")
-        return np.asarray(vectors, dtype=np.float32)
+        if isinstance(vectors, np.ndarray):  # 2-D (checked by the type): one width for all rows
+            if vectors.shape[1] != dim:
+                raise bad(field, f"expected {dim} columns (the model's dimension), got shape {vectors.shape}")
+        else:
+            for i, row in enumerate(vectors):
+                if len(row) != dim:
+                    raise bad(f"{field}.{i}", f"expected {dim} numbers (the model's dimension), got {len(row)}")
+        matrix = np.asarray(vectors, dtype=np.float32)  # no copy for a float32 array
+        if not np.isfinite(matrix).all():
+            raise bad(field, "holds NaN or infinite numbers")
+        return matrix
 
     def _check_count(self, count: int, field: str) -> None:
         if count > self.max_inputs:

@@ -17,20 +17,22 @@ field: ``input``, ``model``, ``encoding_format``), 5xx for the pool's failures.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.dataplane.handles import Orchestrator
 from orchestrator.errors import InvalidArguments, OrchestratorError
+from orchestrator.gateway.jsonbody import JSONBody
 
 EMBED_OP = "embeddings"
 # The worker's argument names as OpenAI calls them.
-PARAMS = {"texts": "input", "encoding": "encoding_format"}
+PARAMS = {"texts": "input"}
 ERROR_TYPES = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_exceeded"}
 
 
@@ -144,7 +146,7 @@ def router(orch: Orchestrator, pool: str = "retrieval") -> APIRouter:
         return target, info
 
     @api.post("/v1/embeddings")
-    async def create_embeddings(request: Request) -> JSONResponse:
+    async def create_embeddings(request: Request) -> Response:
         """Embed ``input`` with the pool's model; OpenAI's request and response format."""
         try:
             body = parse_body(await request.body())
@@ -153,13 +155,18 @@ def router(orch: Orchestrator, pool: str = "retrieval") -> APIRouter:
                 message = f"dimensions: {info['model']} makes {info['dim']}-dimensional vectors, got {body.dimensions}"
                 raise OpenAIError(400, message, "dimensions", "invalid_value")
             texts = [body.input] if isinstance(body.input, str) else body.input
-            out = await orch.acall(target, EMBED_OP, texts=texts, encoding=body.encoding_format)
+            out = await orch.acall(target, EMBED_OP, texts=texts)
         except OrchestratorError as exc:
             return OpenAIError.from_orchestrator(exc).response()
         except OpenAIError as exc:
             return exc.response()
-        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(out["embeddings"])]
+        vectors = out["embeddings"]  # a float32 array: written here as floats or base64, nowhere earlier
+        if body.encoding_format == "base64":
+            rows: Any = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
+        else:
+            rows = list(vectors)
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)]
         usage = {"prompt_tokens": out["tokens"], "total_tokens": out["tokens"]}
-        return JSONResponse({"object": "list", "data": data, "model": f"{target}/{out['model']}", "usage": usage})
+        return JSONBody({"object": "list", "data": data, "model": f"{target}/{out['model']}", "usage": usage})
 
     return api
