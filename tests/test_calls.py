@@ -20,6 +20,7 @@ def orch(start_orchestrator: Start) -> orchestrator.Orchestrator:
             "tb": toolbox(size=2, options={"greeting": "hi"}, limits={"concurrency": 2}),
             "other": toolbox(size=2),
             "tiny": toolbox(size=1, limits={"queue": 1, "call_timeout_s": 1.0}),
+            "recycler": toolbox(size=1, limits={"max_calls": 25}),
         }
     )
 
@@ -29,7 +30,7 @@ def test_call_returns_result_and_uses_options(orch: orchestrator.Orchestrator) -
     assert orch.call("tb", "greet", name="ada") == "hi, ada"
     assert orch.call("tb", "add", a="40", b=2) == 42  # coerced from the type hints
     assert orch.call("tb", "aecho", value=7) == 7  # async def op
-    assert orch.pools() == ["other", "tb", "tiny"]
+    assert orch.pools() == ["other", "recycler", "tb", "tiny"]
 
 
 def test_bad_arguments_name_the_field(orch: orchestrator.Orchestrator) -> None:
@@ -157,3 +158,28 @@ def test_failed_batches_do_not_leak_queue_room(orch: orchestrator.Orchestrator) 
     # Had the batch leaked its outstanding counts, tiny's bound of 2 would now refuse this.
     assert orch.call_many("tiny", "echo", [{"value": 1}, {"value": 2}]) == [1, 2]
     assert orch.call("tiny", "echo", value=3) == 3
+
+
+def test_call_many_sends_chunks_to_every_actor_and_answers_each_call_in_order(orch: orchestrator.Orchestrator) -> None:
+    assert orch.call_many("tb", "echo", [{"value": i} for i in range(300)]) == list(range(300))
+    served = Counter(answer["pid"] for answer in orch.call_many("tb", "whoami", [{}] * 200))
+    assert len(served) == 2 and min(served.values()) >= 40, served  # both actors, neither left idle
+
+
+def test_one_bad_call_among_many_raises_its_own_error(orch: orchestrator.Orchestrator) -> None:
+    calls: list[dict[str, object]] = [{"value": i} for i in range(100)]
+    calls[57] = {"value": 57, "colour": "red"}
+    with pytest.raises(errors.InvalidArguments, match="colour: unexpected argument"):
+        orch.call_many("tb", "echo", calls)
+    failing = [{"a": i} for i in range(50)] + [{"a": "fifty"}]
+    with pytest.raises(errors.InvalidArguments) as info:
+        orch.call_many("tb", "add", failing)
+    assert info.value.detail[0]["field"] == "a"
+    assert orch.call_many("tb", "add", [{"a": i, "b": 1} for i in range(100)]) == list(range(1, 101))
+
+
+def test_call_many_across_an_actor_recycling_mid_batch_answers_every_call(orch: orchestrator.Orchestrator) -> None:
+    # recycler's actor retires after 25 calls: the rest of a chunk it was given runs on its successor.
+    answers = orch.call_many("recycler", "whoami", [{}] * 120)
+    assert len(answers) == 120 and len({a["pid"] for a in answers}) >= 3
+    assert orch.call_many("recycler", "echo", [{"value": i} for i in range(60)]) == list(range(60))

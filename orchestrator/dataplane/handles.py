@@ -104,12 +104,15 @@ class Orchestrator:
 
         Calls are pipelined within the pool's bound on outstanding calls, so a
         batch larger than the queue waits for room instead of being refused.
+        Many calls travel in one Ray task (``WorkerHost.call_batch``; each is
+        still admitted, validated, run and measured on its own): Ray's cost per
+        task is paid per chunk, not per call, while every actor still gets work.
         """
         router = self.router
         if router.check_op(pool, op).get("pool_wide"):
             return [self.call(pool, op, **args) for args in calls]
         results: list[Any] = [None] * len(calls)
-        inflight: dict[Any, tuple[int, dict[str, Any]]] = {}
+        inflight: dict[Any, tuple[list[int], dict[str, Any]]] = {}
         pending = list(enumerate(calls))[::-1]
         try:
             while pending or inflight:
@@ -120,35 +123,42 @@ class Orchestrator:
                         if not inflight:
                             raise
                         break  # full: collect some answers first
-                    index, args = pending.pop()
                     if not isinstance(actor, dict):  # inline (own pool) or restarting: the one-call path
+                        index, args = pending.pop()
                         results[index] = self.call(pool, op, **args)
                         continue
-                    router.acquire(pool, actor)
-                    ref = actor["handle"].call.remote((op, args, None, None, router.caller, ""))
-                    inflight[ref] = (index, actor)
+                    chunk = [pending.pop() for _ in range(min(len(pending), router.chunk_size(pool, len(pending))))]
+                    for _ in chunk:
+                        router.acquire(pool, actor)
+                    requests = [(op, args, None, None, router.caller, "") for _, args in chunk]
+                    inflight[actor["handle"].call_batch.remote(requests)] = ([index for index, _ in chunk], actor)
                 if not inflight:
                     continue
-                done, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
-                if not done:
-                    done, _ = ray.wait(list(inflight), num_returns=1)
+                # A full window waits for half of it (the other half keeps the actors busy); the last ones
+                # are waited for together: one ray.wait per many answers, not one or two per call.
+                need = max(1, len(inflight) // 2) if pending else len(inflight)
+                done, _ = ray.wait(list(inflight), num_returns=need)
                 try:
-                    values: list[Any] | None = ray.get(done)  # one get for all that are done
+                    answers: list[Any] | None = ray.get(done)  # one get for all that are done
                 except RayActorError:
-                    values = None  # one died: find which, one by one
+                    answers = None  # one died: find which, one by one
                 for i, ref in enumerate(done):
-                    index, actor = inflight.pop(ref)
-                    router.release(pool, actor)
+                    indexes, actor = inflight.pop(ref)
+                    for _ in indexes:
+                        router.release(pool, actor)
                     try:
-                        value = values[i] if values is not None else ray.get(ref)
+                        values = answers[i] if answers is not None else ray.get(ref)
                     except RayActorError as exc:
-                        raise WorkerCrashed(f"the actor running call {index} died: {exc}", pool=pool, op=op) from None
-                    if isinstance(value, Failure) and value.code == RECYCLING:
-                        value = self.call(pool, op, **calls[index])
-                    results[index] = unwrap(value)
+                        where = f"calls {indexes[0]}..{indexes[-1]}" if len(indexes) > 1 else f"call {indexes[0]}"
+                        raise WorkerCrashed(f"the actor running {where} died: {exc}", pool=pool, op=op) from None
+                    for index, value in zip(indexes, values, strict=True):
+                        if isinstance(value, Failure) and value.code == RECYCLING:
+                            value = self.call(pool, op, **calls[index])
+                        results[index] = unwrap(value)
         finally:
-            for _, actor in inflight.values():
-                router.release(pool, actor)
+            for indexes, actor in inflight.values():
+                for _ in indexes:
+                    router.release(pool, actor)
         return results
 
     def stream(self, pool: str, op: str, /, **args: Any) -> Stream:

@@ -45,6 +45,7 @@ log = logging.getLogger("orchestrator.router")
 WAIT_FOR_ACTOR_S = 60.0  # how long a call waits for a restarting actor before pool_unavailable
 POLL_S = 5.0
 LOCAL = "local"
+MAX_CHUNK = 32  # calls per Ray task in call_many (WorkerHost.call_batch)
 
 Step = tuple[Any, ...]
 Steps = Generator[Step, Any, Any]
@@ -139,8 +140,7 @@ class Router:
         actors = [a for a in entry["actors"].values() if a["stateless"] and a["actor_id"] not in exclude]
         if not actors:
             return None
-        limits = entry["limits"]
-        bound = len(entry["actors"]) * limits["concurrency"] + limits["queue"]
+        bound = _bound(entry)
         if self.pool_outstanding[pool] >= bound:
             metrics.overloaded().inc(tags={"pool": pool})
             raise Overloaded(
@@ -150,6 +150,14 @@ class Router:
         start = next(self.turns) % len(actors)
         rotated = actors[start:] + actors[:start]
         return min(rotated, key=lambda a: self.outstanding[a["actor_id"]])
+
+    def chunk_size(self, pool: str, waiting: int) -> int:
+        """How many of ``waiting`` calls ``call_many`` sends in one Ray task: enough to share Ray's cost per
+        task, few enough that every actor slot gets work and the bound on outstanding calls holds."""
+        entry = self.pool(pool)
+        slots = len(entry["actors"]) * entry["limits"]["concurrency"]
+        room = _bound(entry) - self.pool_outstanding[pool]
+        return max(1, min(MAX_CHUNK, waiting // max(1, 2 * slots), room))
 
     def session_actor(self, pool: str, slot: int) -> dict[str, Any] | None:
         """The current actor of a session's slot, or None while it restarts."""
@@ -309,6 +317,12 @@ def _close(ref: weakref.ref[Router]) -> None:
 
 async def _awaitable(ref: Any) -> Any:
     return await ref
+
+
+def _bound(entry: dict[str, Any]) -> int:
+    """Calls a caller may have outstanding on a pool: actors x concurrency + queue."""
+    limits = entry["limits"]
+    return int(len(entry["actors"]) * limits["concurrency"] + limits["queue"])
 
 
 def unwrap(value: Any) -> Any:

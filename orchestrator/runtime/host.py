@@ -215,6 +215,10 @@ class WorkerHost:
             outcome = item
         return outcome.value if isinstance(outcome, Final) else outcome
 
+    def call_batch(self, requests: list[Request]) -> list[Any]:
+        """``call`` for each request in turn (``call_many`` sends many in one Ray task); one answer each."""
+        return [self.call(request) for request in requests]
+
     def stream(self, request: Request, inline: bool = False, job: JobRun | None = None) -> Iterator[Any]:
         """Run an op as a stream: its events, then ``Final(result)`` or ``Failure(error)``.
 
