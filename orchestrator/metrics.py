@@ -3,8 +3,9 @@
 Prometheus scrapes them from every node's metrics export port (Ray prefixes
 ``ray_``, and counters end in ``_total``: ``ray_orchestrator_calls_total``);
 the Ray dashboard's Metrics view and ``grafana/orchestrator.json`` chart them.
-Each process records its own part, and Ray's core worker aggregates and
-exports them, so recording costs a few microseconds and never blocks:
+Each process records its own part: counters and gauges add up in the process
+and its metrics thread hands them to Ray's core worker once a second, which
+exports them; recording costs a dict update and never blocks:
 
     pool actors   calls (pool, op, outcome), call_seconds (pool, op), inflight (pool, actor)
     callers       overloaded (pool), queued (pool)
@@ -46,44 +47,81 @@ class _Off:
         pass
 
 
-class _Held:
-    """A gauge that keeps reporting its last values: Ray exports a gauge only in the report interval it
-    was set in, so a value set once (sessions open, a call running) would vanish from the next scrape.
-    One daemon thread per process sets every held value again every ``REPEAT_S``."""
+class _Reporter:
+    """The process's one metrics thread: every ``PERIOD_S`` it hands Ray what was recorded since its last turn.
 
-    REPEAT_S = 2.0
-    held: ClassVar[list[_Held]] = []
+    Counters add up here and gauges keep their last value here, so recording
+    one costs a dict update under a lock, not a call into Ray's core worker on
+    the op's path. Held gauges are reported again every turn: Ray exports a
+    gauge only in the report interval it was set in, so a value set once
+    (sessions open, a call running) would vanish from the next scrape.
+    """
+
+    PERIOD_S = 1.0
+    metrics: ClassVar[list[_Summed | _Held]] = []
     lock = threading.Lock()
     thread: ClassVar[threading.Thread | None] = None
+
+    @classmethod
+    def register(cls, metric: _Summed | _Held) -> None:
+        with cls.lock:
+            cls.metrics.append(metric)
+            if cls.thread is None:
+                cls.thread = threading.Thread(target=cls._run, name="metrics-reporter", daemon=True)
+                cls.thread.start()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            time.sleep(cls.PERIOD_S)
+            for metric in list(cls.metrics):
+                metric.report()
+
+
+def _key(tags: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((tags or {}).items()))
+
+
+class _Summed:
+    """A counter whose increments add up in the process until the reporter's next turn."""
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+        self.pending: dict[tuple[tuple[str, str], ...], float] = {}
+        self.lock = threading.Lock()
+        _Reporter.register(self)
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        key = _key(tags)
+        with self.lock:
+            self.pending[key] = self.pending.get(key, 0.0) + value
+
+    def report(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for key, value in pending.items():
+            self.counter.inc(value, tags=dict(key))
+
+
+class _Held:
+    """A gauge holding its last value per series; the reporter reports every series each turn."""
 
     def __init__(self, gauge: Any) -> None:
         self.gauge = gauge
         self.values: dict[tuple[tuple[str, str], ...], float] = {}
-        with _Held.lock:
-            _Held.held.append(self)
-            if _Held.thread is None:
-                _Held.thread = threading.Thread(target=_Held._repeat, name="metrics-gauges", daemon=True)
-                _Held.thread.start()
+        _Reporter.register(self)
 
     def set(self, value: float | None, tags: dict[str, str] | None = None) -> None:
-        """Set one series; an unchanged value costs a dict lookup (the repeating thread keeps reporting it)."""
-        key, value = tuple(sorted((tags or {}).items())), value or 0.0
-        if self.values.get(key) == value:
-            return
-        self.values[key] = value
-        self.gauge.set(value, tags=tags)
+        """Set one series (reported within the reporter's period)."""
+        self.values[_key(tags)] = value or 0.0
 
     def forget(self, tags: dict[str, str]) -> None:
         """Stop reporting one series (an actor that is gone): it drops out of the export."""
-        self.values.pop(tuple(sorted(tags.items())), None)
+        self.values.pop(_key(tags), None)
 
-    @staticmethod
-    def _repeat() -> None:
-        while True:
-            time.sleep(_Held.REPEAT_S)
-            for held in list(_Held.held):
-                for key, value in list(held.values.items()):
-                    held.gauge.set(value, tags=dict(key))
+    def report(self) -> None:
+        for key, value in list(self.values.items()):
+            self.gauge.set(value, tags=dict(key))
 
 
 def _make(kind: str, name: str, description: str, tags: tuple[str, ...]) -> Any:
@@ -92,7 +130,7 @@ def _make(kind: str, name: str, description: str, tags: tuple[str, ...]) -> Any:
     from ray.util import metrics
 
     if kind == "counter":
-        return metrics.Counter(name, description, tag_keys=tags)
+        return _Summed(metrics.Counter(name, description, tag_keys=tags))
     if kind == "gauge":
         return _Held(metrics.Gauge(name, description, tag_keys=tags))
     return metrics.Histogram(name, description, boundaries=SECONDS, tag_keys=tags)
