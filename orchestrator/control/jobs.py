@@ -52,6 +52,9 @@ from orchestrator.errors import (
 from orchestrator.types import RECYCLING, Batch, Checkpoint, Failure, Final, job_key
 
 FINISHED = ("succeeded", "failed", "cancelled")
+# Unread batches Ray holds per job run. Few: while the coordinator is busy, the op's events gather into
+# the next batch (up to BATCH_MAX each) instead of hundreds of small objects it must read one by one.
+JOB_OBJECTS = 4
 
 
 class JobHost(Protocol):
@@ -245,7 +248,7 @@ class JobRunner:
         method = run.handle.stream.options(
             num_returns="streaming",
             name=f"job:{run.pool}.{job['op']}:{job_id[:8]}",  # Ray's task list names the job, not `stream`
-            _generator_backpressure_num_objects=pool.spec.limits.stream_buffer,
+            _generator_backpressure_num_objects=JOB_OBJECTS,
         )
         outcome: Any = None
         position = base
