@@ -1,11 +1,16 @@
-"""Pure logic of the light pool, no model and no Ray: stop strings and text deltas, request limits,
-the micro-batcher on a fake backend, vLLM's parameter mapping, and the OpenAI route helpers."""
+"""The light pool without Ray: stop strings and text deltas (on a toy vocabulary and on the tiny model's real
+tokenizer), what a job's caller receives from the transformers backend on the tiny model, request limits, the
+micro-batcher on a fake backend, vLLM's parameter mapping, and the OpenAI route helpers."""
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.responses import JSONResponse
@@ -59,6 +64,165 @@ def test_stop_string_ends_the_text_before_it_even_across_tokens() -> None:
 def test_half_a_character_is_never_shown() -> None:
     deltas, _ = feed([], [1, 6, 7, 5])
     assert "\ufffd" not in "".join(deltas[:2]) and "".join(deltas) == "Hel€!"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny local model (random weights, a real tokenizer)."""
+    pytest.importorskip("torch", reason="the light pool needs torch: pip install -e '.[light]'")
+    pytest.importorskip("transformers", reason="the light pool needs transformers: pip install -e '.[light]'")
+    from workers.light import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny: Path) -> Any:
+    """The tiny model's byte-level BPE tokenizer (a 512-token vocabulary: rare characters are split into bytes)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+class CountingDecode:
+    """The tokenizer's decode (as the backend calls it), recording how many ids each call got."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.sizes: list[int] = []
+
+    def __call__(self, ids: list[int]) -> str:
+        self.sizes.append(len(ids))
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def stream_text(decode: Callable[[list[int]], str], ids: list[int], stop: list[str]) -> tuple[list[str], str, bool]:
+    """Feed ``ids`` one by one as the backend does: the deltas (the last one from ``finish``), the text, stopped."""
+    acc = TextAccumulator(decode, stop)
+    deltas = []
+    for token in ids:
+        deltas.append(acc.add(token))
+        if acc.stopped:
+            break
+    deltas.append(acc.finish())
+    return deltas, acc.text, acc.stopped
+
+
+def test_incremental_text_equals_decoding_the_whole_list(tokenizer: Any) -> None:
+    decode = CountingDecode(tokenizer)
+    rng = random.Random(0)
+    for _ in range(300):  # random ids: split characters, stray bytes, special tokens
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 40))]
+        deltas, text, _ = stream_text(decode, ids, [])
+        assert "".join(deltas) == text == decode(ids), ids
+        shown = "".join(deltas[:-1])
+        assert decode(ids).startswith(shown) and "\ufffd" not in shown[-1:], ids
+        lazy = TextAccumulator(decode, [], lazy=True)
+        for token in ids:
+            assert lazy.add(token) == ""
+        assert lazy.finish() == text  # a non-streaming row decodes once, to the same text
+
+
+def test_each_token_decodes_a_few_ids_however_long_the_row(tokenizer: Any) -> None:
+    ids = tokenizer("Hello, world! How are you today? " * 40, add_special_tokens=False)["input_ids"]
+    decode = CountingDecode(tokenizer)
+    acc = TextAccumulator(decode, ["never seen"])
+    for token in ids:
+        acc.add(token)
+    assert len(ids) > 300 and max(decode.sizes) <= 3, decode.sizes[-5:]  # O(1) per token, not the whole row
+    lazy = CountingDecode(tokenizer)
+    acc = TextAccumulator(lazy, [], lazy=True)
+    for token in ids:
+        acc.add(token)
+    assert lazy.sizes == [] and acc.finish() == decode(ids) and lazy.sizes == [len(ids)]
+
+
+def test_a_character_split_across_tokens_is_shown_whole(tokenizer: Any) -> None:
+    decode = CountingDecode(tokenizer)
+    ids = tokenizer("a€b 🙂!", add_special_tokens=False)["input_ids"]
+    assert [decode([i]) for i in ids[1:4]] == ["\ufffd"] * 3  # the euro sign is three byte tokens
+    deltas, text, _ = stream_text(decode, ids, [])
+    assert deltas[:5] == ["a", "", "", "€", "b"] and text == "a€b 🙂!"
+    assert not any("\ufffd" in d for d in deltas)
+    deltas, text, stopped = stream_text(decode, ids, ["€b"])  # a stop string that starts with the split character
+    assert text == "a" and stopped and "".join(deltas) == "a"
+
+
+def test_stop_strings_across_tokens_and_at_the_very_start(tokenizer: Any) -> None:
+    decode = CountingDecode(tokenizer)
+    ids = tokenizer("Hello world! How are you?", add_special_tokens=False)["input_ids"]
+    assert [decode([i]) for i in ids[:2]] == ["Hello", " world"]
+    deltas, text, stopped = stream_text(decode, ids, ["o w"])  # spans "Hello" | " world"
+    assert text == "".join(deltas) == "Hell" and stopped
+    deltas, text, stopped = stream_text(decode, ids, ["Hel"])  # the very first characters
+    assert text == "" and stopped and deltas == ["", ""]
+    deltas, text, stopped = stream_text(decode, ids, ["ld! Why"])  # a possible start, held, then released
+    assert text == "".join(deltas) == "Hello world! How are you?" and not stopped
+    upto_bang = deltas[: ids.index(tokenizer.convert_tokens_to_ids("!")) + 1]
+    assert "".join(upto_bang) == "Hello ", "the last len(stop) - 1 characters wait: they could start the stop"
+    for stop in (["d! H"], ["!", "world"], ["you?"]):
+        full = decode(ids)
+        at = min(full.find(s) for s in stop)
+        lazy = TextAccumulator(decode, stop, lazy=True)  # a non-streaming row still stops at once
+        for token in ids:
+            lazy.add(token)
+            if lazy.stopped:
+                break
+        else:
+            pytest.fail(f"{stop}: not stopped as the stop string came")
+        lazy.finish()
+        assert lazy.stopped and lazy.text == full[:at] == stream_text(decode, ids, stop)[1], stop
+
+
+@pytest.fixture(scope="module")
+def backend(tiny: Path) -> Iterator[Any]:
+    """The transformers backend on the tiny model, in this process (no Ray)."""
+    from workers.light.hf import TransformersBackend
+
+    served = TransformersBackend(str(tiny), device="cpu")
+    yield served
+    served.close()
+
+
+def run_job(backend: Any, streaming: bool, rows: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], list[Any]]:
+    """Every event the job's queue received, and each row's (text, finish reason, completion tokens)."""
+    from workers.light.batching import Job
+    from workers.light.params import Row
+
+    ids = backend.encode("Once upon a time")
+    job = backend.submit(Job([Row(i, ids, **row) for i, row in enumerate(rows)], streaming=streaming))
+    events = list(job.stream(timeout_s=60))
+    assert job.events.empty()  # nothing came after the last row's finish
+    texts = {i: "".join(e[2] for e in events if e[:2] == ("delta", i)) for i in range(len(rows))}
+    return events, [(texts[e[1]] + e[4], e[2], e[3]) for e in sorted(e for e in events if e[0] == "finish")]
+
+
+SEEDED_ROWS = [
+    {"max_tokens": 24, "temperature": 0.9, "seed": 7},
+    {"max_tokens": 24, "temperature": 0.9, "seed": 8},
+    {"max_tokens": 24, "temperature": 0.0},
+]
+
+
+def test_a_non_streaming_request_wakes_its_caller_once_per_row_with_the_streamed_text(backend: Any) -> None:
+    streamed_events, streamed = run_job(backend, True, SEEDED_ROWS)
+    assert sum(e[0] == "delta" for e in streamed_events) > len(SEEDED_ROWS), "streaming sends text as it comes"
+    events, rows = run_job(backend, False, SEEDED_ROWS)
+    assert [e[0] for e in events] == ["finish"] * len(SEEDED_ROWS), "no per-token events"
+    assert rows == streamed and all(text for text, _, _ in rows)
+
+
+def test_stop_strings_and_max_tokens_hold_for_non_streaming_rows(backend: Any) -> None:
+    _, [(full, reason, tokens)] = run_job(backend, True, [{"max_tokens": 24, "temperature": 0.0}])
+    assert reason == "length" and tokens == 24
+    pairs = (full[i : i + 2] for i in range(3, len(full) - 2))
+    stop = next(p for p in pairs if p.isascii() and p.isprintable() and p.strip())
+    for streaming in (True, False):
+        events, [cut] = run_job(backend, streaming, [{"max_tokens": 24, "temperature": 0.0, "stop": [stop, "zzz"]}])
+        assert cut[:2] == (full[: full.find(stop)], "stop") and cut[2] < 24, (stop, cut)
+        _, [short] = run_job(backend, streaming, [{"max_tokens": 5, "temperature": 0.0}])
+        assert short[1:] == ("length", 5) and full.startswith(short[0]), short
+    assert [e[0] for e in events] == ["finish"]
 
 
 def test_request_limits() -> None:
@@ -165,6 +329,41 @@ def test_a_lone_client_is_not_delayed_by_the_window() -> None:
     finally:
         batcher.close()
     assert fake.batches == [1, 1, 1]
+
+
+def test_the_clients_of_the_last_batch_share_the_next_one() -> None:
+    fake = FakeBackend(seconds=0.1)
+    batcher = Batcher(fake.run, window_s=0.05)  # waits up to 4 windows (0.2 s) for the last batch's clients
+    try:
+        first = [batcher.submit(job(0))]
+        while not fake.batches:  # the first runs alone; three more arrive meanwhile and make the next batch
+            time.sleep(0.001)
+        first += [batcher.submit(job(i)) for i in (1, 2, 3)]
+        for done in first:
+            list(done.stream(timeout_s=5))
+        again = []
+        for i in (4, 5, 6):  # those three clients come back, 40 ms apart: one batch still
+            again.append(batcher.submit(job(i)))
+            time.sleep(0.04)
+        for done in again:
+            list(done.stream(timeout_s=5))
+    finally:
+        batcher.close()
+    assert fake.batches == [1, 3, 3]
+
+
+def test_a_non_streaming_job_sends_each_row_once_with_its_text() -> None:
+    quiet = Job([Row(0, [1], 4), Row(1, [2], 4)], streaming=False)
+    for text in ("He", "llo", "", "!"):
+        quiet.delta(1, text)
+    quiet.delta(0, "x")
+    quiet.finish(1, "stop", 3)
+    quiet.finish(0, "length", 4)
+    assert list(quiet.stream(timeout_s=1)) == [("finish", 1, "stop", 3, "Hello!"), ("finish", 0, "length", 4, "x")]
+    loud = Job([Row(0, [1], 4)])
+    loud.delta(0, "He")
+    loud.finish(0, "stop", 1)
+    assert list(loud.stream(timeout_s=1)) == [("delta", 0, "He"), ("finish", 0, "stop", 1, "")]
 
 
 def test_jobs_for_different_adapters_never_share_a_batch() -> None:

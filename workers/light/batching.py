@@ -5,7 +5,11 @@ op thread reads events from. The ``Batcher`` owns one thread that takes the
 waiting jobs (up to ``max_rows`` rows, all for the same adapter) and hands them
 to the backend's ``run`` as one batch. It waits ``window_s`` for company only
 when requests have recently overlapped, so a lone sequential client pays no
-batching delay.
+batching delay. And it waits up to ``RETURN_WINDOWS`` windows for as many jobs
+as the last batch served: clients that each send their next request when an
+answer comes (a row that hit EOS early comes back first) then share one full
+batch, rather than a small one now and the rest after it (``generate`` takes
+no rows once it has started).
 """
 
 from __future__ import annotations
@@ -20,35 +24,55 @@ from typing import Any
 from workers.light.params import Row
 
 RECENT_S = 1.0  # overlap seen this recently: wait for the window before starting a batch
+RETURN_WINDOWS = 4  # wait up to this many windows for as many jobs as the last batch served
 
 
 class Job:
-    """One request in flight: its rows, adapter, cancel check, and the events for its op thread."""
+    """One request in flight: its rows, adapter, cancel check, and the events for its op thread.
 
-    def __init__(self, rows: list[Row], adapter: str | None = None, cancelled: Callable[[], bool] = bool) -> None:
+    A streaming job queues each piece of text as it is made. A non-streaming one
+    (``streaming=False``) keeps each row's text and sends it with the row's
+    finish event, so its op thread wakes once per row rather than once per token.
+    """
+
+    def __init__(
+        self,
+        rows: list[Row],
+        adapter: str | None = None,
+        cancelled: Callable[[], bool] = bool,
+        streaming: bool = True,
+    ) -> None:
         self.rows = rows
         self.adapter = adapter
         self.cancelled = cancelled
+        self.streaming = streaming
+        self.texts: list[list[str]] = [[] for _ in rows]  # a non-streaming job's text so far, per row
         self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.batch_size = 0  # rows in the generate call that served this job
 
     def delta(self, index: int, text: str) -> None:
         """New text for row ``index``."""
-        if text:
+        if not text:
+            return
+        if self.streaming:
             self.events.put(("delta", index, text))
+        else:
+            self.texts[index].append(text)
 
     def finish(self, index: int, reason: str, completion_tokens: int) -> None:
-        """Row ``index`` ended (``stop`` or ``length``) after ``completion_tokens`` tokens."""
-        self.events.put(("finish", index, reason, completion_tokens))
+        """Row ``index`` ended (``stop``, ``length`` or ``cancelled``) after ``completion_tokens`` tokens."""
+        self.events.put(("finish", index, reason, completion_tokens, "".join(self.texts[index])))
 
     def fail(self, exc: BaseException) -> None:
         """The whole job failed."""
         self.events.put(("error", exc))
 
     def stream(self, timeout_s: float | None = None) -> Iterator[tuple[Any, ...]]:
-        """Events until every row finished: ``("delta", i, text)`` and ``("finish", i, reason, tokens)``.
+        """Events until every row finished: ``("delta", i, text)`` and ``("finish", i, reason, tokens, text)``.
 
-        A backend failure is raised here, in the op's thread.
+        A finish event's ``text`` is the row's whole text for a non-streaming job, empty
+        for a streaming one (its deltas carried it). A backend failure is raised here,
+        in the op's thread.
         """
         open_rows = len(self.rows)
         while open_rows:
@@ -73,6 +97,8 @@ class Batcher:
         self.pending: deque[Job] = deque()
         self.busy = False
         self.last_overlap = -1e9
+        self.return_s = RETURN_WINDOWS * window_s
+        self.expected = 1  # jobs the last batch served: their clients are likely to come back together
         self.closed = False
         self.sizes: deque[int] = deque(maxlen=1000)  # rows per generate call, most recent last
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -104,10 +130,18 @@ class Batcher:
                 self.cond.wait()
             if self.closed:
                 return None
-            if time.monotonic() - self.last_overlap < RECENT_S:
-                deadline = time.monotonic() + self.window_s
-                while self._rows(self.pending) < self.max_rows and (left := deadline - time.monotonic()) > 0:
-                    self.cond.wait(left)
+            start = time.monotonic()
+            recent = start - self.last_overlap < RECENT_S
+            while self._rows(self.pending) < self.max_rows:
+                # The last batch's clients are expected back (each sends its next request when its answer
+                # comes): one full batch rather than a small one now and the rest after it.
+                limit = self.return_s if len(self.pending) < self.expected else self.window_s if recent else 0.0
+                left = start + limit - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            if self.closed:
+                return None
             batch: list[Job] = []
             rows = 0
             adapter = self.pending[0].adapter
@@ -118,6 +152,7 @@ class Batcher:
                 rows += len(job.rows)
                 self.pending.remove(job)
             self.busy = True
+            self.expected = len(batch)
             return batch
 
     @staticmethod

@@ -3,15 +3,16 @@
 One ``generate`` call serves a whole batch (left padding). Two hooks make the
 rows of one batch independent of each other:
 
-- ``RowSampler`` (a logits processor) samples each row with its own
-  temperature, top_p and seeded generator, then leaves only the chosen token
-  for ``generate``'s greedy pick: a seeded request gives the same text
-  whatever it is batched with.
+- ``RowSampler`` (a logits processor, only when a row samples) samples each
+  row with its own temperature, top_p and seeded generator, then leaves only
+  the chosen token for ``generate``'s greedy pick: a seeded request gives the
+  same text whatever it is batched with.
 - ``GrammarMask`` (first, only when a row has a ``response_format``) masks the
   tokens each constrained row's JSON schema does not allow next.
 - ``RowWatcher`` (a stopping criterion) feeds each new token to the row's
-  ``TextAccumulator``, streams the text, and ends rows on EOS, a stop string,
-  their own ``max_tokens`` or a cancelled caller.
+  ``TextAccumulator``, hands the text to the job (per token when it streams,
+  once at the end when not), and ends rows on EOS, a stop string, their own
+  ``max_tokens`` or a cancelled caller.
 """
 
 from __future__ import annotations
@@ -84,46 +85,61 @@ class RowSampler:
 
 
 class RowWatcher:
-    """Stopping criterion: streams each row's text and says which rows are done."""
+    """Stopping criterion: feeds each row's tokens to its text, and says which rows are done.
+
+    A streaming job gets each row's text as it grows; a non-streaming one
+    (``Job.streaming`` false) gets it once, when the row ends, so its op thread
+    wakes once per row rather than once per token.
+    """
 
     def __init__(self, rows: list[tuple[Job, Row]], decode: Any, eos: set[int], device: str) -> None:
         self.rows = rows
-        self.text = [TextAccumulator(decode, row.stop) for _, row in rows]
-        self.done = [False] * len(rows)
+        self.text = [TextAccumulator(decode, row.stop, lazy=not job.streaming) for job, row in rows]
+        self.open = list(range(len(rows)))  # rows still generating
         self.eos = eos
         self.device = device
         self.steps = 0
+        self.done = _torch().zeros(len(rows), dtype=_torch().bool, device=device)  # a new tensor when a row ends
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         self.steps += 1
         last = input_ids[:, -1].tolist()
-        for i, (job, row) in enumerate(self.rows):
-            if self.done[i]:
-                continue
+        ended = []
+        for i in self.open:
+            job, row = self.rows[i]
             token = last[i]
             if token in self.eos:
-                self._end(i, "stop")
+                ended.append((i, "stop"))
                 continue
-            job.delta(row.index, self.text[i].add(token))
-            if self.text[i].stopped:
-                self._end(i, "stop")
+            text = self.text[i]
+            job.delta(row.index, text.add(token))
+            if text.stopped:
+                ended.append((i, "stop"))
             elif self.steps >= row.max_tokens:
-                self._end(i, "length")
+                ended.append((i, "length"))
             elif job.cancelled():
-                self._end(i, "cancelled")
-        return _torch().tensor(self.done, dtype=_torch().bool, device=self.device)
+                ended.append((i, "cancelled"))
+        if ended:
+            for i, reason in ended:
+                self._end(i, reason)
+            done = self.done.clone()  # generate may hold on to the one it got
+            done[[i for i, _ in ended]] = True
+            self.done = done
+        return self.done
 
     def _end(self, i: int, reason: str) -> None:
         job, row = self.rows[i]
-        job.delta(row.index, self.text[i].finish())
-        self.done[i] = True
+        text = self.text[i]
+        job.delta(row.index, text.finish())
+        if text.stopped and reason == "length":  # the last text, released only now, held a stop string
+            reason = "stop"
+        self.open.remove(i)
         job.finish(row.index, reason, self.steps)  # an EOS token counts, as OpenAI counts it
 
     def close(self) -> None:
         """Generation ended: rows still open ran out of tokens."""
-        for i in range(len(self.rows)):
-            if not self.done[i]:
-                self._end(i, "length")
+        for i in list(self.open):
+            self._end(i, "length")
 
 
 class TransformersBackend:
@@ -178,8 +194,12 @@ class TransformersBackend:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
-        """Text of ``ids`` without special tokens."""
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        """Text of ``ids`` without special tokens.
+
+        No clean-up of spaces (`` .`` -> ``.``): it re-spells text across token
+        boundaries, which a streamed text cannot take back (vLLM and TGI skip it too).
+        """
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The model's chat template applied, ending with the assistant's turn."""
@@ -213,7 +233,9 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
             repetition_penalty=1.0,
         )
-        processors: list[Any] = [RowSampler([r for _, r in rows], self.device)]
+        processors: list[Any] = []
+        if any(row.temperature > 0 for _, row in rows):  # all greedy: generate's own argmax picks
+            processors.append(RowSampler([r for _, r in rows], self.device))
         if any(row.schema is not None for _, row in rows):  # structured outputs: mask before sampling
             processors.insert(0, GrammarMask([row.schema for _, row in rows], self.grammars))
         with self.lock:

@@ -115,42 +115,82 @@ def row_seed(seed: int | None, choice: int) -> int | None:
 class TextAccumulator:
     """Turns one row's tokens into text deltas that never show a stop string or half a character.
 
-    Streaming and non-streaming use the same deltas, so their texts are equal
-    by construction. A stop string ends the text just before it; text that
-    could be the start of a stop string, or an incomplete UTF-8 sequence, is
-    held back until the next token decides.
+    Tokens are detokenized incrementally, as vLLM and TGI do: a token's text is
+    ``decode(tokens[prefix:])`` minus ``decode(tokens[prefix:read])``, where
+    ``tokens[prefix:read]`` is the chunk shown last (context for tokenizers that
+    drop a leading space at the start of a decode), so a token costs O(1)
+    however long the row is. A chunk that ends in U+FFFD (half a UTF-8
+    character) waits for the next token.
+
+    Streaming and non-streaming texts are equal: a row with stop strings takes
+    the same steps either way, and without them the deltas add up to
+    ``decode(tokens)`` (``finish`` releases the rest of it), which is what a
+    ``lazy`` row (no deltas wanted before the end) decodes once at the end. That
+    holds for tokenizers whose decode joins at whole characters (byte-level BPE,
+    SentencePiece); one that re-spells earlier text keeps what was shown and
+    adds only what is new.
+
+    A stop string ends the text just before it; the last ``len(stop) - 1``
+    characters, which could start a stop string, are held back until the next
+    token decides.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stop: list[str]) -> None:
+    def __init__(self, decode: Callable[[list[int]], str], stop: list[str], lazy: bool = False) -> None:
         self.decode = decode
         self.stop = stop
+        self.per_token = bool(stop) or not lazy  # a stop string is looked for as each token arrives
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.tokens: list[int] = []
-        self.text = ""  # emitted so far
+        self.prefix = 0  # tokens[prefix:read] were shown last; their text is the context of the next decode
+        self.read = 0
+        self.prefix_text = ""  # decode(tokens[prefix:read])
+        self.held = ""  # decoded but not shown: it could start a stop string
+        self.text = ""  # shown so far
         self.stopped = False
 
     def add(self, token: int) -> str:
         """Take one generated token; returns the text that is now safe to show (maybe empty)."""
         self.tokens.append(token)
-        full = self.decode(self.tokens)
-        if self.stop:
-            start = max(0, len(self.text) - self.hold)
-            hits = [i for i in (full.find(s, start) for s in self.stop) if i >= 0]
-            if hits:
-                self.stopped = True
-                return self._emit(full[: min(hits)])
-        safe = len(full.rstrip("\ufffd")) - self.hold
-        return self._emit(full[: max(safe, len(self.text))])
+        if not self.per_token:
+            return ""
+        window = self.decode(self.tokens[self.prefix :])
+        new = window[len(self.prefix_text) :]
+        complete = bool(new) and not window.endswith("\ufffd")  # else half a character: the next token decides
+        if complete:
+            self.prefix, self.read = self.read, len(self.tokens)
+            self.prefix_text = self.decode(self.tokens[self.prefix : self.read])
+        seen = self.held + (new if complete else new.rstrip("\ufffd"))
+        if self.stop and self._find_stop(seen) >= 0:
+            return self._stop_at(seen)
+        if not complete:  # not kept: the next window decodes it again
+            return ""
+        safe = len(seen) - self.hold
+        self.held = seen[max(safe, 0) :]
+        return self._show(seen[:safe]) if safe > 0 else ""
 
     def finish(self) -> str:
-        """The row ended (length, EOS, cancel): release what was held back."""
+        """The row ended (length, EOS, cancel): release what was held back (up to a stop string in it)."""
         if self.stopped:
             return ""
-        return self._emit(self.decode(self.tokens))
+        full = self.decode(self.tokens)
+        if full.startswith(self.text):
+            rest = full[len(self.text) :]
+        else:  # re-spelled: what is new
+            rest = self.held + self.decode(self.tokens[self.prefix :])[len(self.prefix_text) :]
+        if self.stop and self._find_stop(rest) >= 0:
+            return self._stop_at(rest)
+        return self._show(rest)
 
-    def _emit(self, upto: str) -> str:
-        if not upto.startswith(self.text):  # a tokenizer that re-spells earlier text: show only what is new
-            upto = self.text + upto[len(self.text) :]
-        delta = upto[len(self.text) :]
-        self.text = upto
+    def _find_stop(self, text: str) -> int:
+        """Where the first stop string in ``text`` starts, or -1."""
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return min(hits, default=-1)
+
+    def _stop_at(self, text: str) -> str:
+        self.stopped = True
+        self.held = ""
+        return self._show(text[: self._find_stop(text)])
+
+    def _show(self, delta: str) -> str:
+        self.text += delta
         return delta

@@ -273,7 +273,7 @@ class Light(Worker):
     ) -> Result:
         """Complete ``prompt`` (or each of a list of prompts)."""
         sampling = (max_tokens, temperature, top_p, stop, seed, n, response_format)
-        job, usage = self._start(ctx, _prompts(prompt), model, *sampling)
+        job, usage = self._start(ctx, _prompts(prompt), model, *sampling, streaming=False)
         return _collect(job, usage, self._model_name(ctx, model))
 
     @op
@@ -312,7 +312,7 @@ class Light(Worker):
         """Answer a conversation with the model's chat template."""
         prompts = [self._chat_prompt(messages)]
         sampling = (max_tokens, temperature, top_p, stop, seed, n, response_format)
-        job, usage = self._start(ctx, prompts, model, *sampling)
+        job, usage = self._start(ctx, prompts, model, *sampling, streaming=False)
         return _collect(job, usage, self._model_name(ctx, model))
 
     @op
@@ -367,6 +367,7 @@ class Light(Worker):
         seed: int | None,
         n: int,
         response_format: dict[str, Any] | None = None,
+        streaming: bool = True,
     ) -> tuple[Job, dict[str, int]]:
         check_sampling(max_tokens, temperature, top_p, n)
         self._check_rows(len(prompts), n)
@@ -381,7 +382,7 @@ class Light(Worker):
             limit = resolve_max_tokens(max_tokens, len(ids), self.backend.context_length, self.max_tokens_default)
             for choice in range(n):
                 rows.append(Row(len(rows), ids, limit, temperature, top_p, row_seed(seed, choice), stops, schema))
-        job = self.backend.submit(Job(rows, adapter, lambda: ctx.cancelled))
+        job = self.backend.submit(Job(rows, adapter, lambda: ctx.cancelled, streaming))
         return job, {"prompt_tokens": prompt_tokens}
 
     def _check_rows(self, prompts: int, n: int) -> None:
@@ -439,9 +440,11 @@ def _events(job: Job, usage: dict[str, int], model: str) -> Events:
             texts[event[1]] += event[2]
             yield {"index": event[1], "text": event[2]}
         else:
-            reasons[event[1]] = event[2]
-            completion += event[3]
-            yield {"index": event[1], "text": "", "finish_reason": event[2]}
+            _, index, reason, tokens, text = event
+            texts[index] += text  # a non-streaming job's whole text comes with its finish
+            reasons[index] = reason
+            completion += tokens
+            yield {"index": index, "text": "", "finish_reason": reason}
     return _result(texts, reasons, usage["prompt_tokens"], completion, model, job.batch_size)
 
 
