@@ -38,31 +38,24 @@ def decode(ids: list[int]) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def feed(stop: list[str], tokens: list[int]) -> tuple[list[str], TextAccumulator]:
-    acc = TextAccumulator(decode, stop)
-    deltas = []
-    for token in tokens:
-        deltas.append(acc.add(token))
-        if acc.stopped:
-            break
-    deltas.append(acc.finish())
-    return deltas, acc
+def feed(stop: list[str], tokens: list[int]) -> tuple[list[str], str, bool]:
+    return stream_text(decode, tokens, stop)
 
 
 def test_deltas_add_up_to_the_text_without_stops() -> None:
-    deltas, acc = feed([], [1, 2, 3, 4, 5])
-    assert deltas[:5] == ["Hel", "lo", " wor", "ld", "!"] and "".join(deltas) == acc.text == "Hello world!"
+    deltas, text, _ = feed([], [1, 2, 3, 4, 5])
+    assert deltas[:5] == ["Hel", "lo", " wor", "ld", "!"] and "".join(deltas) == text == "Hello world!"
 
 
 def test_stop_string_ends_the_text_before_it_even_across_tokens() -> None:
-    deltas, acc = feed(["o w"], [1, 2, 3, 4, 5])
-    assert acc.stopped and "".join(deltas) == acc.text == "Hell"
-    deltas, acc = feed(["zz"], [1, 2, 3])  # a possible stop start is held back, then released
-    assert "".join(deltas) == "Hello wor" and not acc.stopped
+    deltas, text, stopped = feed(["o w"], [1, 2, 3, 4, 5])
+    assert stopped and "".join(deltas) == text == "Hell"
+    deltas, _, stopped = feed(["zz"], [1, 2, 3])  # a possible stop start is held back, then released
+    assert "".join(deltas) == "Hello wor" and not stopped
 
 
 def test_half_a_character_is_never_shown() -> None:
-    deltas, _ = feed([], [1, 6, 7, 5])
+    deltas, _, _ = feed([], [1, 6, 7, 5])
     assert "\ufffd" not in "".join(deltas[:2]) and "".join(deltas) == "Hel€!"
 
 
