@@ -127,7 +127,7 @@ class Orchestrator:
                         index, args = pending.pop()
                         results[index] = self.call(pool, op, **args)
                         continue
-                    chunk = [pending.pop() for _ in range(min(len(pending), router.chunk_size(pool, len(pending))))]
+                    chunk = [pending.pop() for _ in range(router.chunk_size(pool, len(pending)))]
                     for _ in chunk:
                         router.acquire(pool, actor)
                     requests = [(op, args, None, None, router.caller, "") for _, args in chunk]
