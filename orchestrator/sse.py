@@ -1,20 +1,8 @@
-"""Server-Sent Events, both ends: how the gateway writes a message and how the SDK reads one."""
+"""Server-Sent Events as the SDK reads them (the gateway writes them: ``orchestrator.gateway.jsonbody``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
-
-
-def sse_message(event_id: int, event: str, data: Any) -> str:
-    """One message as the gateway writes it: an id, an event type and one line of JSON data."""
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=_plain)}\n\n"
-
-
-def _plain(value: Any) -> Any:
-    """Arrays (numpy, in an op's events or result) as lists; anything else without a JSON form as its str."""
-    return value.tolist() if hasattr(value, "tolist") and hasattr(value, "shape") else str(value)
 
 
 @dataclass(frozen=True)

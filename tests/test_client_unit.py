@@ -27,7 +27,8 @@ from orchestrator.errors import (
     PoolUnavailable,
     Unauthorized,
 )
-from orchestrator.sse import ServerSentEvent, SSEDecoder, sse_message
+from orchestrator.gateway.jsonbody import sse_message
+from orchestrator.sse import ServerSentEvent, SSEDecoder
 
 URL = "http://gw.test:8000"
 POOL = {
@@ -625,7 +626,6 @@ def test_job_events_error_answer_raises_its_class() -> None:
 
 
 def test_what_the_gateway_writes_the_sdk_reads() -> None:
-    from orchestrator.sse import sse_message
 
     wire = sse_message(7, "event", {"text": "two\nlines"}) + sse_message(8, "result", {"result": None})
     messages = decode_all(wire.split("\n"))

@@ -251,10 +251,15 @@ def test_non_loopback_bind_without_token_refuses_to_start() -> None:
 def test_json_writer_turns_arrays_into_lists_and_refuses_what_has_no_json_form() -> None:
     import numpy as np
 
-    from orchestrator.gateway.jsonbody import dumps
+    from orchestrator.gateway.jsonbody import dumps, sse_message
 
     value = {"v": np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2], "x": np.float32(0.1), 3: float("nan")}
     assert json.loads(dumps(value)) == {"v": [[0.0, 2.0], [3.0, 5.0]], "x": 0.1, "3": None}  # NaN is no JSON
     assert json.loads(dumps({"big": 2**70})) == {"big": 2**70}  # past orjson's 64 bits: written by json
     with pytest.raises(TypeError, match="object"):
         dumps({"result": object()})
+    # A stream under way cannot become an error status: there, what has no JSON form is written as its str.
+    message = sse_message(4, "event", {"v": np.ones(2, np.float32), "when": object()})
+    head, data = message.rstrip("\n").rsplit("\ndata: ", 1)
+    assert head == "id: 4\nevent: event" and json.loads(data)["v"] == [1.0, 1.0]
+    assert json.loads(data)["when"].startswith("<object object")

@@ -16,8 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from orchestrator.dataplane.handles import Orchestrator, Session
 from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import InvalidArguments, OpFailed, OrchestratorError
-from orchestrator.gateway.jsonbody import dumps
-from orchestrator.sse import sse_message
+from orchestrator.gateway.jsonbody import dumps, sse_message
 
 SSE = "text/event-stream"
 

@@ -1,4 +1,5 @@
-"""The gateway's JSON writer: numpy arrays in an op's result become JSON lists here, at the HTTP boundary.
+"""The gateway's JSON writer, for responses and Server-Sent Events: numpy arrays in an op's result or
+events become JSON lists here, at the HTTP boundary.
 
 Ops may return numpy arrays (the retrieval pool's embeddings): in-process
 callers get them through Ray's object store without copies, and only the
@@ -25,14 +26,28 @@ def _arrays(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def dumps(value: Any) -> bytes:
-    """``value`` as compact JSON; TypeError when some part of it has no JSON form."""
+def _arrays_or_str(value: Any) -> Any:
     try:
-        return orjson.dumps(value, default=_arrays, option=OPTIONS)
+        return _arrays(value)
+    except TypeError:
+        return str(value)
+
+
+def dumps(value: Any, lenient: bool = False) -> bytes:
+    """``value`` as compact JSON; TypeError when some part of it has no JSON form (``lenient``: its str)."""
+    default = _arrays_or_str if lenient else _arrays
+    try:
+        return orjson.dumps(value, default=default, option=OPTIONS)
     except orjson.JSONEncodeError as exc:
         if isinstance(exc.__cause__, TypeError) and "not JSON serializable" in str(exc.__cause__):
             raise TypeError(str(exc.__cause__)) from None
-        return json.dumps(value, default=_arrays, separators=(",", ":")).encode()
+        return json.dumps(value, default=default, separators=(",", ":")).encode()
+
+
+def sse_message(event_id: int, event: str, data: Any) -> str:
+    """One Server-Sent Events message: an id, an event type and one line of JSON data (a part without a JSON
+    form is written as its str: a stream already under way cannot turn into an error status)."""
+    return f"id: {event_id}\nevent: {event}\ndata: {dumps(data, lenient=True).decode()}\n\n"
 
 
 class JSONBody(Response):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.dataplane.handles import Orchestrator, job_outcome
 from orchestrator.dataplane.router import unwrap
 from orchestrator.errors import Timeout
-from orchestrator.sse import sse_message
+from orchestrator.gateway.jsonbody import sse_message
 
 SSE = "text/event-stream"
 
