@@ -626,10 +626,12 @@ def test_job_events_error_answer_raises_its_class() -> None:
 
 
 def test_what_the_gateway_writes_the_sdk_reads() -> None:
-
-    wire = sse_message(7, "event", {"text": "two\nlines"}) + sse_message(8, "result", {"result": None})
-    messages = decode_all(wire.split("\n"))
+    # Generated text may hold any character; the SDK reads lines as httpx's iter_lines splits them (str.splitlines:
+    # U+2028, U+2029 and U+0085 end a line there too), so none of them may reach the wire raw.
+    text = "two\nlines, \u2028 \u2029 \x85 \x1c \x0b \r end"
+    wire = sse_message(7, "event", {"text": text}) + sse_message(8, "result", {"result": None})
+    messages = decode_all(wire.splitlines())
     assert [(m.id, m.event, json.loads(m.data)) for m in messages] == [
-        ("7", "event", {"text": "two\nlines"}),
+        ("7", "event", {"text": text}),
         ("8", "result", {"result": None}),
     ]

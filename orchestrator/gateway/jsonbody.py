@@ -44,10 +44,16 @@ def dumps(value: Any, lenient: bool = False) -> bytes:
         return json.dumps(value, default=default, separators=(",", ":")).encode()
 
 
+# Characters orjson leaves raw that end a line for str.splitlines (so for httpx's iter_lines, which the SDK
+# reads SSE with): escaped, they stay inside the JSON string they belong to.
+LINE_ENDS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def sse_message(event_id: int, event: str, data: Any) -> str:
     """One Server-Sent Events message: an id, an event type and one line of JSON data (a part without a JSON
     form is written as its str: a stream already under way cannot turn into an error status)."""
-    return f"id: {event_id}\nevent: {event}\ndata: {dumps(data, lenient=True).decode()}\n\n"
+    line = dumps(data, lenient=True).decode().translate(LINE_ENDS)
+    return f"id: {event_id}\nevent: {event}\ndata: {line}\n\n"
 
 
 class JSONBody(Response):
