@@ -74,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 import orchestrator  # noqa: E402
 from bench.common import machine, raw_restart, wait_until, write_report  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
+from tests.kit.clusters import reporting  # noqa: E402
 
 CONTROL_PLANE_GOAL_S = 2.0  # kill of the coordinator -> status answers
 FAILED_CALLS_GOAL = 0  # stateless calls failed after a coordinator kill
@@ -389,55 +390,50 @@ def node_loss(removals: int) -> None:
         "pools": {"p": pool},
     }
     orch = orchestrator.start(parse_config(config, base_dir=ROOT))
-    try:
-        for n in range(removals):
-            graceful = n == 0
-            if n > 0:
-                workers.append(cluster.add_node(num_cpus=2))
-                cluster.wait_for_nodes()
-            actors = wait_until(lambda: all_ready(orch, "p"), timeout=120, what="pool p to be ready")
-            doomed = next(node for node in workers if node.node_id == actors[0]["node_id"])
-            on_doomed = sum(1 for a in actors if a["node_id"] == doomed.node_id)
-            workers.remove(doomed)
-            removing = time.perf_counter()
-            cluster.remove_node(doomed, allow_graceful=graceful)
-            removed = time.perf_counter()
-            ray_dead: float | None = None
-            full: float | None = None
-            while time.perf_counter() - removed < 120:
-                now = time.perf_counter()
-                if ray_dead is None and any(
-                    node["NodeID"] == doomed.node_id and not node["Alive"] for node in ray.nodes()
-                ):
-                    ray_dead = now - removed
-                actors = pool_actors(orch, "p")
-                if all(a["state"] == "ready" and a["node_id"] not in (doomed.node_id, None) for a in actors):
-                    full = now - removed
-                    break
-                time.sleep(0.05)
-            while ray_dead is None and time.perf_counter() - removed < 90:  # for the record: when Ray noticed
-                if any(node["NodeID"] == doomed.node_id and not node["Alive"] for node in ray.nodes()):
-                    ray_dead = time.perf_counter() - removed
-                time.sleep(0.1)
-            out["removals"].append(
-                {
-                    "graceful": graceful,
-                    "actors_on_removed_node": on_doomed,
-                    "remove_node_call_s": removed - removing,
-                    "removed_to_full_s": full,
-                    "ray_marked_node_dead_s": ray_dead,
-                    "pool": [{"state": a["state"], "restarts": a["restarts"]} for a in actors],
-                    "ok": full is not None,
-                }
-            )
-    finally:
-        out["total_s"] = time.perf_counter() - started
-        print(json.dumps(out), flush=True)
+    with reporting(out, orch, cluster):
         try:
-            orch.shutdown(drain_s=1.0)
+            for n in range(removals):
+                graceful = n == 0
+                if n > 0:
+                    workers.append(cluster.add_node(num_cpus=2))
+                    cluster.wait_for_nodes()
+                actors = wait_until(lambda: all_ready(orch, "p"), timeout=120, what="pool p to be ready")
+                doomed = next(node for node in workers if node.node_id == actors[0]["node_id"])
+                on_doomed = sum(1 for a in actors if a["node_id"] == doomed.node_id)
+                workers.remove(doomed)
+                removing = time.perf_counter()
+                cluster.remove_node(doomed, allow_graceful=graceful)
+                removed = time.perf_counter()
+                ray_dead: float | None = None
+                full: float | None = None
+                while time.perf_counter() - removed < 120:
+                    now = time.perf_counter()
+                    if ray_dead is None and any(
+                        node["NodeID"] == doomed.node_id and not node["Alive"] for node in ray.nodes()
+                    ):
+                        ray_dead = now - removed
+                    actors = pool_actors(orch, "p")
+                    if all(a["state"] == "ready" and a["node_id"] not in (doomed.node_id, None) for a in actors):
+                        full = now - removed
+                        break
+                    time.sleep(0.05)
+                while ray_dead is None and time.perf_counter() - removed < 90:  # for the record: when Ray noticed
+                    if any(node["NodeID"] == doomed.node_id and not node["Alive"] for node in ray.nodes()):
+                        ray_dead = time.perf_counter() - removed
+                    time.sleep(0.1)
+                out["removals"].append(
+                    {
+                        "graceful": graceful,
+                        "actors_on_removed_node": on_doomed,
+                        "remove_node_call_s": removed - removing,
+                        "removed_to_full_s": full,
+                        "ray_marked_node_dead_s": ray_dead,
+                        "pool": [{"state": a["state"], "restarts": a["restarts"]} for a in actors],
+                        "ok": full is not None,
+                    }
+                )
         finally:
-            ray.shutdown()
-            cluster.shutdown()
+            out["total_s"] = time.perf_counter() - started
 
 
 def run_node_loss(p: dict[str, Any]) -> dict[str, Any]:
