@@ -31,32 +31,43 @@ def requirements(env_dir: Path | None) -> list[str]:
 CODE_EXCLUDES = ["__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache", ".ruff_cache"]
 
 
-def code_modules(workers: Iterable[str], base_dir: str | Path) -> list[str]:
+def code_modules(workers: Iterable[str], base_dir: str | Path, code: Iterable[str] = ()) -> list[str]:
     """The local folders (or ``.py`` files) of the code actors import, for the runtime_env's ``py_modules``.
 
-    The orchestrator package itself and the top-level package of each ``"pkg.module:Class"`` in
-    ``workers``, looked up in ``base_dir`` (pools.yaml's folder) first, then on our own path. Code
-    installed in a site-packages folder belongs to the pool's env and is not shipped; a worker that
-    is not found here is left to the env (its start then fails naming the module).
+    The orchestrator package itself, the top-level package of each ``"pkg.module:Class"`` in
+    ``workers`` and each package of ``code`` (pools.yaml's ``code:``), looked up in ``base_dir``
+    (pools.yaml's folder) first, then on our own path. Code installed in a site-packages folder
+    belongs to the pool's env and is not shipped; a worker that is not found here is left to the env
+    (its start then fails naming the module), but a ``code`` package must be found: InvalidConfig
+    naming ``code.<i>``.
     """
     found: dict[str, str] = {"orchestrator": str(Path(__file__).resolve().parent.parent)}
     search = [str(Path(base_dir).resolve()), *sys.path]
     for entry in workers:
         top = entry.partition(":")[0].split(".")[0]
-        if top in found:
-            continue
-        spec = importlib.machinery.PathFinder.find_spec(top, search)
-        if spec is None:
-            continue
-        if spec.submodule_search_locations:  # a package (namespace packages: their first folder)
-            path = str(next(iter(spec.submodule_search_locations)))
-        elif spec.origin and spec.origin.endswith(".py"):
-            path = spec.origin
-        else:
-            continue  # a compiled extension: the env's business
-        if not {"site-packages", "dist-packages"} & set(Path(path).parts):
+        path = found.get(top) or _local_code(top, search)
+        if path is not None:
             found[top] = path
-    return sorted(found.values())
+    for i, top in enumerate(code):
+        path = found.get(top) or _local_code(top, search)
+        if path is None:
+            raise InvalidConfig(f"code.{i}: no package {top!r} in {Path(base_dir).resolve()} (pools.yaml's folder)")
+        found[top] = path
+    return sorted(set(found.values()))
+
+
+def _local_code(top: str, search: list[str]) -> str | None:
+    """Where the module or package ``top`` lies on ``search``, unless it is installed (site-packages)."""
+    spec = importlib.machinery.PathFinder.find_spec(top, search)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package (namespace packages: their first folder)
+        path = str(next(iter(spec.submodule_search_locations)))
+    elif spec.origin and spec.origin.endswith(".py"):
+        path = spec.origin
+    else:
+        return None  # a compiled extension: the env's business
+    return None if {"site-packages", "dist-packages"} & set(Path(path).parts) else path
 
 
 def runtime_env(

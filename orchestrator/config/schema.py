@@ -320,12 +320,25 @@ class Config(_Model):
     jobs: JobOptions = Field(default_factory=JobOptions, description="Long-running jobs.")
     files: FileOptions = Field(default_factory=FileOptions, description="Uploaded files (the OpenAI Files API).")
     pools: dict[str, Pool] = Field(default_factory=dict, description="The pools, by name.")
+    code: list[str] = Field(
+        default_factory=list,
+        description="Top-level packages of your own code in pools.yaml's folder (e.g. [myapp]: DSPy programs the "
+        "heavy pool optimizes by class), shipped to every node like the workers' code (ray.ship_code).",
+    )
     base_dir: str = Field(".", description="Folder pools.yaml was read from (set by the loader).")
 
     @field_validator("pools")
     @classmethod
     def _pool_names(cls, pools: dict[str, Pool]) -> dict[str, Pool]:
         return _names(pools, r"^[a-z][a-z0-9_-]{0,62}$", "pool", "lowercase letters, digits, '-' or '_'")
+
+    @field_validator("code")
+    @classmethod
+    def _code_packages(cls, code: list[str]) -> list[str]:
+        for i, name in enumerate(code):
+            if not re.fullmatch(r"[A-Za-z_]\w*", name):
+                raise ValueError(f"code.{i}: {name!r} must be a top-level package name (e.g. myapp), not a path")
+        return code
 
     def env_dir(self, pool: str) -> Path | None:
         """The pool's env folder, resolved against pools.yaml's folder."""

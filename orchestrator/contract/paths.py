@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from orchestrator.errors import InvalidArguments
 
 STATE_DIR_ENV = "ORCHESTRATOR_STATE_DIR"  # set in every pool actor's environment by the supervisor
+CODE_ENV = "ORCHESTRATOR_CODE"  # likewise: pools.yaml's code: packages, comma-separated
 FINE_TUNED = "fine-tuned/"  # an adapter path under state_dir/adapters, where fine-tuning jobs save them
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}", re.ASCII)  # an adapter, served as model <pool>/<name>
 
@@ -23,6 +24,11 @@ ADAPTER_NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}", re.ASCII)  # an adapter,
 def state_dir() -> Path:
     """The orchestrator's ``state_dir`` as a pool actor sees it (on a cluster: shared storage, mounted alike)."""
     return Path(os.environ.get(STATE_DIR_ENV, ".orchestrator")).expanduser().resolve()
+
+
+def deployed_packages() -> frozenset[str]:
+    """The top-level packages of the operator's own code (pools.yaml's ``code:``) as a pool actor sees them."""
+    return frozenset(name for name in os.environ.get(CODE_ENV, "").split(",") if name)
 
 
 def confined_path(root: str | Path, path: str, field: str = "path", op: str | None = None) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from orchestrator.config import Config, load_config
-from orchestrator.config.envs import check_py_executable, requirements
+from orchestrator.config.envs import check_py_executable, code_modules, requirements
 from orchestrator.config.venvs import EnvProgress, ensure_envs
 from orchestrator.contract import load_worker_class
 from orchestrator.control.coordinator import coordinator_class
@@ -37,6 +37,7 @@ def start(
     ``config.venvs``), and the pool runs in it.
     """
     cfg = config if isinstance(config, Config) else load_config(config)
+    code_modules([], cfg.base_dir, cfg.code)  # a code: package that is not there fails here, naming it
     for name, pool in cfg.pools.items():
         if pool.py_executable is not None:
             check_py_executable(pool.py_executable, name)

@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError, RuntimeEnvSetupError
 from orchestrator import metrics
 from orchestrator.config.envs import code_modules, runtime_env
 from orchestrator.config.schema import Config
-from orchestrator.contract.paths import STATE_DIR_ENV
+from orchestrator.contract.paths import CODE_ENV, STATE_DIR_ENV
 from orchestrator.control import cluster
 from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, demanded, pending_reason
@@ -66,7 +66,7 @@ class Supervisor:
         self.next_gen: dict[tuple[str, int], int] = {}  # after a stray is killed, its slot's next generation
         self.replay: Callable[[PoolState, ActorSlot], Coroutine[Any, Any, None]] | None = None  # pool-wide calls
         workers = [spec.worker for spec in config.pools.values()]
-        self.code = code_modules(workers, config.base_dir) if config.ray.ship_code else []  # to every node
+        self.code = code_modules(workers, config.base_dir, config.code) if config.ray.ship_code else []  # every node
 
     # ---------------------------------------------------------------- launch
     def launch(self, pool: PoolState, slot: ActorSlot) -> None:
@@ -82,7 +82,10 @@ class Supervisor:
             "max_restarts": 0,  # the supervisor restarts it (with its sessions), not Ray
             "lifetime": "detached",  # it outlives the coordinator, which adopts it after a restart
             "runtime_env": runtime_env(
-                spec, env_dir, {STATE_DIR_ENV: str(self.config.state_path())}, cluster.ship(self.code)
+                spec,
+                env_dir,
+                {STATE_DIR_ENV: str(self.config.state_path()), CODE_ENV: ",".join(self.config.code)},
+                cluster.ship(self.code),
             ),
         }
         if spec.resources.memory:

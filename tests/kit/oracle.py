@@ -4,9 +4,9 @@ its instructions say MAGIC, and its proposals are MAGIC instructions.
 Served like a light pool (``chat`` and ``models`` ops, structured outputs by
 filling the response schema's fields), it makes an optimization run's outcome
 known in advance, and it counts the calls it gets by kind (``propose``: any
-schema without an ``answer`` field, or free text such as GEPA's reflection,
-answered with the MAGIC instruction in a fenced block; ``task``: the program's
-own calls).
+schema without one of ``task_fields`` (``answer``), or free text such as GEPA's
+reflection, answered with the MAGIC instruction in a fenced block; ``task``: the
+program's own calls, each of its fields empty but ``answer``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ MAGIC = "Reply with the MAGIC sum, in digits."  # no "Word:" start: DSPy strips 
 
 
 class Oracle(Worker):
-    """See the module docstring; ``task_delay_s`` slows each task call (a kill then lands between calls)."""
+    """See the module docstring; ``task_delay_s`` slows each task call (a kill then lands between calls);
+    ``task_fields``: the output fields that mark a program's own call (a multi-predictor program's)."""
 
-    def __init__(self, task_delay_s: float = 0.0) -> None:
+    def __init__(self, task_delay_s: float = 0.0, task_fields: list[str] | None = None) -> None:
         self.task_delay_s = task_delay_s
+        self.task_fields = set(task_fields or ["answer"])
         self.counts = {"propose": 0, "task": 0}
         self.lock = threading.Lock()
 
@@ -57,7 +59,7 @@ class Oracle(Worker):
     ) -> Any:
         """Answer with JSON holding the schema's fields (sampling arguments are ignored)."""
         fields = list(((response_format or {}).get("json_schema") or {}).get("schema", {}).get("properties", {}))
-        kind = "task" if "answer" in fields else "propose"
+        kind = "task" if self.task_fields & set(fields) else "propose"
         with self.lock:
             self.counts[kind] += 1
         if kind == "task":
@@ -65,7 +67,9 @@ class Oracle(Worker):
             system = " ".join(str(m.get("content")) for m in messages if m.get("role") == "system")
             found = QUESTION.findall(str(messages[-1].get("content")))
             right = str(int(found[-1][0]) + int(found[-1][1])) if found else "?"
-            answer = {f: "" for f in fields} | {"answer": right if "MAGIC" in system else "no idea"}
+            answer = {f: "" for f in fields}
+            if "answer" in fields:
+                answer["answer"] = right if "MAGIC" in system else "no idea"
             text = json.dumps(answer)
         elif response_format is None:  # free text: GEPA's reflection reads the instruction from a fenced block
             text = f"```\n{MAGIC}\n```"

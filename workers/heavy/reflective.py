@@ -11,7 +11,8 @@ in the generator, in GEPA's order:
   travels with the checkpoint (no shared disk needed) and a re-run writes it into
   a fresh ``log_dir`` from which GEPA resumes;
 - after every iteration, one event ``{"iteration", "accepted", "score", "best",
-  "candidates", "metric_calls"}`` and progress in metric calls.
+  "candidates", "metric_calls", "updated"}`` (``updated``: the predictors, by name, whose
+  instructions the iteration proposed) and progress in metric calls.
 
 A resumed run does not score the seed program on the valset again: GEPA scores
 the seed before it loads a saved state, so the evaluation policy gives it one
@@ -30,7 +31,8 @@ from typing import Any
 
 from orchestrator import Context
 from workers.heavy.handoff import Handoff
-from workers.heavy.programs import Budget, Metric
+from workers.heavy.metrics import Metric
+from workers.heavy.programs import Budget
 
 dspy: Any = importlib.import_module("dspy")
 Events = Generator[dict[str, Any], None, dict[str, Any]]
@@ -56,6 +58,7 @@ class Callbacks:
 
     def __init__(self, handoff: Handoff) -> None:
         self.handoff = handoff
+        self.updated: list[str] = []
 
     def __call__(self, gepa_state: Any) -> bool:
         """GEPA's stop condition: the job was cancelled or abandoned."""
@@ -64,6 +67,9 @@ class Callbacks:
     def on_valset_evaluated(self, event: dict[str, Any]) -> None:
         if event["iteration"] == 0:
             self.handoff.hand("baseline", float(event["average_score"]))
+
+    def on_proposal_start(self, event: dict[str, Any]) -> None:
+        self.updated = list(event["components"])  # the predictors this iteration proposes instructions for
 
     def on_state_saved(self, event: dict[str, Any]) -> None:
         self.handoff.hand("saved", (event["iteration"], event["run_dir"]))
@@ -80,8 +86,10 @@ class Callbacks:
                 "best": max(scores),
                 "candidates": len(scores),
                 "metric_calls": int(state.total_num_evals),
+                "updated": self.updated,  # by predictor name; none for a merge
             },
         )
+        self.updated = []
 
 
 eval_policy: Any = importlib.import_module("gepa.strategies.eval_policy")
@@ -109,7 +117,8 @@ def gepa(
     reflection_lm: Any,
     budget: Budget,
 ) -> Events:
-    """Evolve ``student``'s instructions with GEPA; yields the baseline and one event per iteration."""
+    """Evolve ``student``'s instructions (each predictor's) with GEPA; yields the baseline and one event per
+    iteration; returns the best program (a module) and its score."""
     state: dict[str, Any] = ctx.resume or {}
     log_dir = Path(tempfile.mkdtemp(prefix="gepa-"))  # fresh: only the checkpointed state is resumed
     if "gepa_state" in state:
@@ -166,7 +175,7 @@ def gepa(
 
     found = best.detailed_results
     return {
-        "program": best.dump_state(),
+        "program": best,
         "score": found.val_aggregate_scores[found.best_idx],
         "baseline": found.val_aggregate_scores[0],
         "trials": state.get("iterations", 0),

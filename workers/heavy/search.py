@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import Context
-from workers.heavy.programs import Budget, Metric
+from workers.heavy.metrics import Metric
+from workers.heavy.programs import Budget
 
 dspy: Any = importlib.import_module("dspy")
 Events = Generator[dict[str, Any], None, dict[str, Any]]
@@ -76,6 +77,14 @@ def schedule(num_trials: int, minibatch: bool, full_every: int) -> list[str]:
     return kinds
 
 
+def choices(names: list[str], params: dict[str, int]) -> dict[str, dict[str, int | None]]:
+    """A trial's parameters by predictor name: ``{"respond": {"instruction": 2, "demos": 0}}``."""
+    return {
+        name: {"instruction": params[f"{i}_predictor_instruction"], "demos": params.get(f"{i}_predictor_demos")}
+        for i, name in enumerate(names)
+    }
+
+
 def with_params(student: Any, state: dict[str, Any], params: dict[str, int]) -> Any:
     """A copy of ``student`` with the chosen instruction (and demo set) per predictor."""
     program = student.deepcopy()
@@ -98,7 +107,8 @@ def mipro(
     prompt_lm: Any,
     budget: Budget,
 ) -> Events:
-    """Optimize ``student``; yields stage and trial events, returns the best program and its score."""
+    """Optimize ``student`` (every predictor's instruction and demo set); yields stage and trial events,
+    returns the best program (a module) and its score."""
     optuna: Any = importlib.import_module("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -125,6 +135,7 @@ def mipro(
     kinds = schedule(num_trials, minibatch, budget.minibatch_full_eval_steps)
     state: dict[str, Any] = ctx.resume or {}
     threads = budget.num_threads
+    names = [name for name, _ in student.named_predictors()]  # MIPROv2 numbers them in this order
 
     with dspy.context(lm=task_lm, adapter=dspy.JSONAdapter()):  # every call constrained to its output schema
         if "instructions" not in state:
@@ -181,16 +192,24 @@ def mipro(
                 state["best"] = {"score": score, "params": params}
             state["trials"].append({"params": params, "score": score, "kind": kinds[k]})
             ctx.progress(done=k + 1, total=len(kinds))
-            yield {"trial": k, "score": score, "best": state["best"]["score"], "params": params, "kind": kinds[k]}
+            yield {
+                "trial": k,
+                "score": score,
+                "best": state["best"]["score"],
+                "params": params,
+                "choices": choices(names, params),
+                "kind": kinds[k],
+            }
             ctx.checkpoint(state)
 
     best = with_params(student, state, state["best"]["params"])
     return {
-        "program": best.dump_state(),
+        "program": best,
         "score": state["best"]["score"],
         "baseline": state["baseline"],
         "trials": len(state["trials"]),
         "params": state["best"]["params"],
+        "choices": choices(names, state["best"]["params"]),
     }
 
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from orchestrator import Context, Worker, op
-from orchestrator.contract.paths import ADAPTER_NAME, FINE_TUNED
+from orchestrator.contract.paths import ADAPTER_NAME, FINE_TUNED, deployed_packages
 from orchestrator.dspy import lm_for
 from orchestrator.errors import OrchestratorError
 from workers.heavy import finetune as tuning
-from workers.heavy import programs
+from workers.heavy import metrics, programs
 from workers.heavy.finetune import Hyper, LoRA
 from workers.heavy.programs import Budget, Endpoint, Program
 from workers.heavy.reflective import gepa
@@ -46,30 +46,39 @@ def check_models(args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
             raise programs.invalid(field, f"pool {pool!r} serves no model {name!r} (models: {', '.join(served)})")
 
 
-def check_task(args: dict[str, Any], orchestrator: Callable[[], Any], sets: tuple[str, ...]) -> None:
-    """The program parses, the rows have its fields, the metric exists, the models are served."""
-    signature = programs.signature_of(args["program"])
+def check_task(
+    args: dict[str, Any], orchestrator: Callable[[], Any], sets: tuple[str, ...], allowed: frozenset[str]
+) -> None:
+    """The program loads, the rows have its inputs (and labels), the metric exists, the models are served."""
+    loaded = programs.load(args["program"], allowed)
     for field in sets:
         if args.get(field) is not None:
-            programs.examples(args[field], signature, field)
-    programs.metric(args["metric"], signature)
+            programs.examples(args[field], loaded, field, labelled=metrics.is_builtin(args["metric"]))
+    metrics.metric(args["metric"], _outputs(loaded))
     check_models(args, orchestrator)
 
 
-class Heavy(Worker):
-    """DSPy optimization and evaluation. Options: ``model`` (the default task model, e.g. ``light/tiny``)."""
+def _outputs(loaded: programs.Loaded) -> list[str] | None:
+    return list(loaded.outputs) if loaded.outputs is not None else None
 
-    def __init__(self, model: str = "light") -> None:
+
+class Heavy(Worker):
+    """DSPy optimization and evaluation. Options: ``model`` (the default task model, e.g. ``light/tiny``) and
+    ``programs`` (top-level packages installed in this pool's env whose ``dspy.Module`` classes jobs may
+    name, besides pools.yaml's ``code:``)."""
+
+    def __init__(self, model: str = "light", programs: list[str] | None = None) -> None:
         self.model = model
+        self.allowed = deployed_packages() | frozenset(programs or ())
 
     def _check_optimize(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
         if len(args["trainset"]) < 2 and not args.get("valset"):
             raise programs.invalid("trainset", "needs at least 2 rows when no valset is given")
         programs.budget(args.get("optimizer"))
-        check_task(args, orchestrator, ("trainset", "valset"))
+        check_task(args, orchestrator, ("trainset", "valset"), self.allowed)
 
     def _check_evaluate(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
-        check_task(args, orchestrator, ("devset",))
+        check_task(args, orchestrator, ("devset",), self.allowed)
 
     @op(check=_check_optimize)
     def optimize(
@@ -83,29 +92,32 @@ class Heavy(Worker):
         model: str | Endpoint | None = None,
         prompt_model: str | Endpoint | None = None,
     ) -> Events:
-        """Optimize a DSPy program's instructions and demos (MIPROv2) or instructions (GEPA); run it as a job.
+        """Optimize a DSPy program's instructions and demos (MIPROv2) or instructions (GEPA), every predictor's;
+        run it as a job.
 
         Events: ``{"stage": ...}``, then one event per MIPROv2 trial (``{"trial", "score", "best", "params",
-        "kind"}``) or GEPA iteration (``{"iteration", "accepted", "score", "best", "candidates",
-        "metric_calls"}``), with progress. Result: ``{"program": <dspy state>, "score", "baseline", "trials"}``.
+        "choices", "kind"}``, ``choices`` by predictor name) or GEPA iteration (``{"iteration", "accepted",
+        "score", "best", "candidates", "metric_calls", "updated"}``), with progress. Result: ``{"program",
+        "score", "baseline", "trials"}``, ``program`` being a signature program's dspy state or a class
+        program's ``{"class", "init", "state", "digest"}``.
         """
-        signature = programs.signature_of(program)
+        loaded = programs.load(program, self.allowed)
         task_lm = self._lm(ctx, model, "model")
         prompt_lm = self._lm(ctx, prompt_model or model, "prompt_model")
         settings = programs.budget(optimizer)
         search = gepa if settings.name == "gepa" else mipro
-        return (
-            yield from search(
-                ctx,
-                programs.build(program),
-                programs.examples(trainset, signature, "trainset"),
-                programs.examples(valset, signature, "valset") if valset else None,
-                programs.metric(metric, signature),
-                task_lm,
-                prompt_lm,
-                settings,
-            )
+        labelled = metrics.is_builtin(metric)
+        result = yield from search(
+            ctx,
+            loaded.build(),
+            programs.examples(trainset, loaded, "trainset", labelled),
+            programs.examples(valset, loaded, "valset", labelled) if valset else None,
+            metrics.metric(metric, _outputs(loaded)),
+            task_lm,
+            prompt_lm,
+            settings,
         )
+        return {**result, "program": loaded.result(result["program"])}
 
     @op(check=_check_evaluate)
     def evaluate(
@@ -119,12 +131,12 @@ class Heavy(Worker):
     ) -> Events:
         """Score a program on ``devset``: one ``{"example", "score", "prediction"}`` event per row, in order;
         returns ``{"score": mean, "results": [...]}``."""
-        signature = programs.signature_of(program)
-        examples = programs.examples(devset, signature, "devset")
-        score = programs.metric(metric, signature)
+        loaded = programs.load(program, self.allowed)
+        examples = programs.examples(devset, loaded, "devset", metrics.is_builtin(metric))
+        score = metrics.metric(metric, _outputs(loaded))
         results: list[dict[str, Any]] = []
         lm = self._lm(ctx, model, "model")
-        for scored in score_each(programs.build(program), examples, score, lm, max(1, min(num_threads, 64))):
+        for scored in score_each(loaded.build(), examples, score, lm, max(1, min(num_threads, 64))):
             if ctx.cancelled:
                 break
             event: dict[str, Any] = {"example": scored.index, "score": scored.score, "prediction": scored.prediction}
