@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import InvalidArguments
 
@@ -52,6 +52,11 @@ class Program(BaseModel):
     init: dict[str, Any] | None = Field(None, description="With class: keyword arguments for its constructor.")
     state: dict[str, Any] | None = Field(None, description="A program state (dump_state) to start from.")
     digest: str | None = Field(None, description="The code digest a result carries (informational).")
+    model: str | None = Field(
+        None,
+        description="With class: the pool model it runs on (a bootstrap_finetune result's fine-tuned model); "
+        "a job's model argument overrides it.",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> Program:
@@ -59,12 +64,21 @@ class Program(BaseModel):
             raise ValueError("give signature (e.g. 'question -> answer') or class ('package.module:ClassName')")
         if self.class_ is not None and (self.module is not None or self.instructions is not None):
             raise ValueError("module and instructions go with signature; a class builds its own predictors")
-        if self.signature is not None and self.init is not None:
-            raise ValueError("init goes with class (its constructor's arguments)")
+        if self.signature is not None and (self.init is not None or self.model is not None):
+            raise ValueError("init and model go with class (a signature program's model is the job's)")
         return self
 
 
-OptimizerName = Literal["mipro", "gepa"]
+class Endpoint(BaseModel):
+    """An external OpenAI-compatible model; the key is read from ``api_key_env`` in the heavy pool."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="A LiteLLM model name, e.g. openai/gpt-4o-mini.")
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="The environment variable holding the key (not the key).")
+
+
+OptimizerName = Literal["mipro", "gepa", "bootstrap_finetune"]
 
 
 class Budget(BaseModel):
@@ -87,6 +101,12 @@ class Budget(BaseModel):
     max_metric_calls: int | None = Field(None, ge=1, description="GEPA: its budget in metric calls.")
     reflection_minibatch_size: int = Field(3, ge=1, le=100, description="GEPA: examples per reflection.")
     use_merge: bool = Field(True, description="GEPA: also merge candidates from the Pareto front.")
+    # BootstrapFinetune only
+    teacher: str | Endpoint | None = Field(
+        None, description="bootstrap_finetune: the model whose successful traces are the training data (the task's)."
+    )
+    hyperparameters: dict[str, Any] | None = Field(None, description="bootstrap_finetune: the finetune job's.")
+    lora: dict[str, Any] | None = Field(None, description="bootstrap_finetune: the adapter's (the finetune job's).")
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +118,9 @@ ONLY = {
     "mipro": {"num_candidates", "max_bootstrapped_demos", "max_labeled_demos", "minibatch_size"}
     | {"minibatch_full_eval_steps"},
     "gepa": {"max_metric_calls", "reflection_minibatch_size", "use_merge"},
+    "bootstrap_finetune": {"teacher", "hyperparameters", "lora"},
 }
+SEARCH_ONLY = {"auto", "num_trials"}  # what only the prompt searches (mipro, gepa) spend
 
 
 def budget(value: Budget | None) -> Budget:
@@ -109,16 +131,28 @@ def budget(value: Budget | None) -> Budget:
         wrong = sorted(fields & chosen.model_fields_set) if other != chosen.name else []
         if wrong:
             raise invalid(f"optimizer.{wrong[0]}", f"applies to {other} only (this run uses {chosen.name})")
+    wrong = sorted(SEARCH_ONLY & chosen.model_fields_set) if chosen.name == "bootstrap_finetune" else []
+    if wrong:
+        raise invalid(f"optimizer.{wrong[0]}", "applies to mipro and gepa (bootstrap_finetune trains, not searches)")
+    if chosen.name == "bootstrap_finetune":
+        training(chosen)
     return chosen
 
 
-class Endpoint(BaseModel):
-    """An external OpenAI-compatible model; the key is read from ``api_key_env`` in the heavy pool."""
+def training(chosen: Budget) -> tuple[Any, Any]:
+    """A bootstrap_finetune budget's LoRA and hyperparameters (the finetune job's), checked: a refusal names
+    ``optimizer.hyperparameters.<field>``."""
+    from workers.heavy.finetune import Hyper, LoRA  # finetune imports this module
 
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="A LiteLLM model name, e.g. openai/gpt-4o-mini.")
-    api_base: str | None = None
-    api_key_env: str | None = Field(None, description="The environment variable holding the key (not the key).")
+    parsed = []
+    for key, kind in (("lora", LoRA), ("hyperparameters", Hyper)):
+        try:
+            parsed.append(kind.model_validate(getattr(chosen, key) or {}))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in ("optimizer", key, *error["loc"]))
+            raise invalid(where, error["msg"]) from None
+    return parsed[0], parsed[1]
 
 
 ModelSpec = str | Endpoint
@@ -147,13 +181,14 @@ class Loaded:
             module.load_state(self.program.state)
         return module
 
-    def result(self, module: Any) -> dict[str, Any]:
-        """What a job returns for ``module``: a signature program's state, or ``{class, init, state, digest}``."""
+    def result(self, module: Any, model: str | None = None) -> dict[str, Any]:
+        """What a job returns for ``module``: a signature program's state, or ``{class, init, state, digest}``
+        (and ``model`` when it is bound to one: a bootstrap_finetune result)."""
         if self.program.class_ is None:
             return dict(module.dump_state())
-        return {"class": self.program.class_, "init": self.program.init or {}, "state": module.dump_state()} | {
-            "digest": self.digest
-        }
+        out = {"class": self.program.class_, "init": self.program.init or {}, "state": module.dump_state()}
+        bound = model or self.program.model
+        return out | {"digest": self.digest} | ({"model": bound} if bound else {})
 
     def with_state(self, state: dict[str, Any]) -> Loaded:
         """The same program starting from ``state``."""
@@ -222,7 +257,8 @@ def _from_class(program: Program, allowed: Iterable[str]) -> Loaded:
     cls = program_class(program.class_, allowed)
     init = program.init or {}
     try:
-        inspect.signature(cls.__init__).bind(None, **init)  # not signature(cls): dspy.Module's metaclass takes **kw
+        # not signature(cls): dspy.Module's metaclass takes **kwargs
+        inspect.signature(cls.__init__).bind(None, **init)  # type: ignore[misc]
     except TypeError as exc:
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         raise invalid(f"program.init.{unexpected.group(1)}" if unexpected else "program.init", str(exc)) from None

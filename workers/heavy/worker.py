@@ -19,6 +19,7 @@ from orchestrator.dspy import lm_for
 from orchestrator.errors import OrchestratorError
 from workers.heavy import finetune as tuning
 from workers.heavy import metrics, programs
+from workers.heavy.distill import bootstrap_finetune
 from workers.heavy.finetune import Hyper, LoRA
 from workers.heavy.programs import Budget, Endpoint, Program
 from workers.heavy.reflective import gepa
@@ -27,11 +28,10 @@ from workers.heavy.search import mipro, score_each
 Events = Generator[dict[str, Any], None, dict[str, Any]]
 
 
-def check_models(args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
-    """Every pool model a job names is served now; an endpoint's key variable is set in this pool."""
+def check_models(specs: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
+    """Every pool model a job names (by field) is served now; an endpoint's key variable is set in this pool."""
     pools: list[str] | None = None
-    for field in ("model", "prompt_model"):
-        spec = args.get(field)
+    for field, spec in specs.items():
         if isinstance(spec, Endpoint) and spec.api_key_env and spec.api_key_env not in os.environ:
             raise programs.invalid(f"{field}.api_key_env", f"{spec.api_key_env} is not set in the heavy pool")
         if not isinstance(spec, str):
@@ -55,7 +55,14 @@ def check_task(
         if args.get(field) is not None:
             programs.examples(args[field], loaded, field, labelled=metrics.is_builtin(args["metric"]))
     metrics.metric(args["metric"], _outputs(loaded))
-    check_models(args, orchestrator)
+    optimizer = args.get("optimizer")
+    named = {
+        "model": args.get("model"),
+        "prompt_model": args.get("prompt_model"),
+        "program.model": loaded.program.model,
+        "optimizer.teacher": optimizer.teacher if optimizer is not None else None,
+    }
+    check_models(named, orchestrator)
 
 
 def _outputs(loaded: programs.Loaded) -> list[str] | None:
@@ -74,8 +81,17 @@ class Heavy(Worker):
     def _check_optimize(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
         if len(args["trainset"]) < 2 and not args.get("valset"):
             raise programs.invalid("trainset", "needs at least 2 rows when no valset is given")
-        programs.budget(args.get("optimizer"))
+        settings = programs.budget(args.get("optimizer"))
         check_task(args, orchestrator, ("trainset", "valset"), self.allowed)
+        if settings.name == "bootstrap_finetune":
+            program = args["program"]
+            chosen = args.get("model") or program.model or self.model
+            if not isinstance(chosen, str):
+                raise programs.invalid("model", "bootstrap_finetune tunes a pool's model (pool/model), not an endpoint")
+            handle = orchestrator()
+            _, serving = tuning.base_source(chosen, handle.pools(), lambda pool: handle.call(pool, "models"))
+            if serving is None:
+                raise programs.invalid("model", f"{chosen!r}: bootstrap_finetune fine-tunes a model a pool serves")
 
     def _check_evaluate(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
         check_task(args, orchestrator, ("devset",), self.allowed)
@@ -102,11 +118,17 @@ class Heavy(Worker):
         program's ``{"class", "init", "state", "digest"}``.
         """
         loaded = programs.load(program, self.allowed)
+        model = model or loaded.program.model
+        settings = programs.budget(optimizer)
+        labelled = metrics.is_builtin(metric)
+        if settings.name == "bootstrap_finetune":
+            rows = programs.examples(trainset, loaded, "trainset", labelled)
+            score = metrics.metric(metric, _outputs(loaded))
+            result = yield from self._distill(ctx, loaded, rows, score, model, settings)
+            return {**result, "program": loaded.result(result["program"], result["model"])}
         task_lm = self._lm(ctx, model, "model")
         prompt_lm = self._lm(ctx, prompt_model or model, "prompt_model")
-        settings = programs.budget(optimizer)
         search = gepa if settings.name == "gepa" else mipro
-        labelled = metrics.is_builtin(metric)
         result = yield from search(
             ctx,
             loaded.build(),
@@ -130,12 +152,12 @@ class Heavy(Worker):
         num_threads: int = 8,
     ) -> Events:
         """Score a program on ``devset``: one ``{"example", "score", "prediction"}`` event per row, in order;
-        returns ``{"score": mean, "results": [...]}``."""
+        returns ``{"score": mean, "results": [...], "model": the task model it ran on}``."""
         loaded = programs.load(program, self.allowed)
         examples = programs.examples(devset, loaded, "devset", metrics.is_builtin(metric))
         score = metrics.metric(metric, _outputs(loaded))
         results: list[dict[str, Any]] = []
-        lm = self._lm(ctx, model, "model")
+        lm = self._lm(ctx, model or loaded.program.model, "model")
         for scored in score_each(loaded.build(), examples, score, lm, max(1, min(num_threads, 64))):
             if ctx.cancelled:
                 break
@@ -146,7 +168,7 @@ class Heavy(Worker):
             results.append(event)
             yield event
         mean = sum(r["score"] for r in results) / len(results) if results else 0.0
-        return {"score": mean, "results": results}
+        return {"score": mean, "results": results, "model": lm.model}
 
     def _check_finetune(self, args: dict[str, Any], orchestrator: Callable[[], Any]) -> None:
         handle = orchestrator()
@@ -200,15 +222,45 @@ class Heavy(Worker):
         result = yield from tuning.train(ctx, source, rows, validation, lora or LoRA(), settings, adapter)
         target = publish or serving
         result["model"] = None
-        if target is not None and not ctx.cancelled:  # every actor of the pool serves it, and later ones too
-            handle.call(target, "load_adapter", name=adapter, path=f"{FINE_TUNED}{adapter}")
-            result["model"] = f"{target}/{adapter}"
+        if target is not None and not ctx.cancelled:
+            result["model"] = _publish(handle, target, adapter)
         return result
+
+    def _distill(
+        self, ctx: Context, loaded: programs.Loaded, trainset: list[Any], metric: Any, model: Any, settings: Budget
+    ) -> Events:
+        """BootstrapFinetune (see :mod:`workers.heavy.distill`): the task model ``model`` (a pool's) learns the
+        program's successful traces, collected with ``settings.teacher`` (default: the task model)."""
+        chosen = str(model or self.model)
+        handle = ctx.orchestrator
+        source, serving = tuning.base_source(chosen, handle.pools(), lambda pool: handle.call(pool, "models"))
+        assert serving is not None  # checked at submit
+        lora, hyper = programs.training(settings)
+        teacher = self._lm(ctx, settings.teacher or chosen, "optimizer.teacher")
+        name = f"bft-{(ctx.job_id or 'run')[:12]}"
+        return (
+            yield from bootstrap_finetune(
+                ctx,
+                loaded.build(),
+                trainset,
+                metric,
+                teacher,
+                settings.num_threads,
+                (source, lora, hyper, name),
+                lambda adapter: _publish(handle, serving, adapter),
+            )
+        )
 
     def _lm(self, ctx: Context, spec: str | Endpoint | None, field: str) -> Any:
         chosen = spec or self.model
         raw = chosen if isinstance(chosen, str) else chosen.model_dump(exclude_none=True)
         return lm_for(raw, lambda: ctx.orchestrator, field)
+
+
+def _publish(handle: Any, pool: str, adapter: str) -> str:
+    """Every actor of ``pool`` serves the adapter (and later ones too): the model ``<pool>/<adapter>``."""
+    handle.call(pool, "load_adapter", name=adapter, path=f"{FINE_TUNED}{adapter}")
+    return f"{pool}/{adapter}"
 
 
 def _data(args: dict[str, Any], which: str, handle: Any) -> list[dict[str, Any]] | None:
