@@ -31,6 +31,7 @@ class Oracle(Worker):
         self.task_delay_s = task_delay_s
         self.task_fields = set(task_fields or ["answer"])
         self.counts = {"propose": 0, "task": 0}
+        self.prompts: list[str] = []  # every task call's messages, as text
         self.lock = threading.Lock()
 
     @op
@@ -43,6 +44,12 @@ class Oracle(Worker):
         """Chat calls served so far, by kind."""
         with self.lock:
             return dict(self.counts)
+
+    @op
+    def saw(self, text: str) -> int:
+        """How many task calls had ``text`` in their messages (a retrieved passage reached the program's LM)."""
+        with self.lock:
+            return sum(text in prompt for prompt in self.prompts)
 
     @op
     def chat(
@@ -62,6 +69,8 @@ class Oracle(Worker):
         kind = "task" if self.task_fields & set(fields) else "propose"
         with self.lock:
             self.counts[kind] += 1
+            if kind == "task":
+                self.prompts.append(" ".join(str(m.get("content")) for m in messages))
         if kind == "task":
             time.sleep(self.task_delay_s)
             system = " ".join(str(m.get("content")) for m in messages if m.get("role") == "system")

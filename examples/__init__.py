@@ -1,0 +1,1 @@
+"""Examples; a package so pools.yaml's ``code: [examples]`` ships ``examples.rag`` to every pool."""
