@@ -1,6 +1,7 @@
 """The heavy pool optimizes the user's own ``dspy.Module`` by class: a package written to a temp folder and
-named in the test's ``code:`` (so only the copy shipped to the actors can import it), two predictors, MIPROv2
-and GEPA over the oracle model, a SIGKILL mid-search, and every refusal at submit."""
+named in the test's ``code:`` (so only the copy shipped to the actors can import it), a ``PoolRetriever`` on a
+retrieval-pool corpus and two predictors, MIPROv2 and GEPA over the oracle model, a SIGKILL mid-search, and
+every refusal at submit."""
 
 from __future__ import annotations
 
@@ -39,18 +40,23 @@ PACKAGE = {
     "steps.py": '''
         import dspy
 
+        from orchestrator.dspy import PoolRetriever
+
 
         class TwoStep(dspy.Module):
-            """Drafts, then answers from the question and the draft: two predictors."""
+            """Retrieves through the retrieval pool, drafts, then answers from the question and the draft:
+            two predictors."""
 
             def __init__(self, style: str = "plain"):
                 super().__init__()
                 self.style = style
-                self.draft = dspy.Predict("question -> draft")
+                self.retrieve = PoolRetriever("facts", k=1)  # no handle: the process's own, at each call
+                self.draft = dspy.Predict("context: list[str], question -> draft")
                 self.respond = dspy.Predict("question, draft -> answer")
 
             def forward(self, question: str):
-                draft = self.draft(question=question).draft
+                context = self.retrieve(question).passages
+                draft = self.draft(context=context, question=question).draft
                 return self.respond(question=question, draft=f"{self.style}: {draft}")
 
 
@@ -88,13 +94,24 @@ def code_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+FACT = "FACT: the sum of two numbers is what adding them gives."  # the corpus's passage on sums
+
+
 @pytest.fixture(scope="module")
 def orch(start_orchestrator: Start, code_dir: Path) -> orchestrator.Orchestrator:
     small = {"num_cpus": 0.25}
     oracle = {"task_delay_s": 0.3, "task_fields": ["answer", "draft"]}
-    return start_orchestrator(
+    started = start_orchestrator(
         {
             "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small, "options": oracle},
+            "retrieval": {
+                "worker": "workers.retrieval:Retrieval",
+                "env_manager": "none",
+                "resources": small,
+                "limits": {"concurrency": 4},
+                "options": {"device": "cpu", "threads": 1},
+                "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+            },
             "heavy": {
                 "worker": "workers.heavy:Heavy",
                 "env_manager": "none",
@@ -106,6 +123,9 @@ def orch(start_orchestrator: Start, code_dir: Path) -> orchestrator.Orchestrator
         base_dir=code_dir,
         code=["myprog"],
     )
+    docs = [{"id": "sum", "text": FACT}, {"id": "rain", "text": "Heavy rain is expected over the weekend."}]
+    started.submit("retrieval", "corpus_build", name="facts", docs=docs).result(timeout=120)
+    return started
 
 
 @pytest.fixture
@@ -147,6 +167,7 @@ def test_mipro_optimizes_each_predictor_and_finds_the_second_ones_instruction(
     # The oracle answers right only under its MAGIC instruction, which matters on the second predictor alone.
     assert result["baseline"] == 0.0 and result["score"] == 1.0, result
     assert result["choices"]["respond"]["instruction"] > 0
+    assert orch.call("oracle", "saw", text=FACT) > 0  # the passages reached the LM, from inside the heavy pool
     program = result["program"]
     assert set(program) == {"class", "init", "state", "digest"} and program["class"] == PROGRAM["class"]
     assert program["init"] == {"style": "terse"} and program["digest"].startswith("sha256:")
@@ -155,8 +176,10 @@ def test_mipro_optimizes_each_predictor_and_finds_the_second_ones_instruction(
     steps = importlib.import_module("myprog.steps")  # the result loads into the user's class and runs
     loaded = steps.TwoStep(**program["init"])
     loaded.load_state(program["state"])
-    with dspy.context(lm=PoolLM("oracle/oracle", orch), adapter=dspy.JSONAdapter()):
+    lm = PoolLM("oracle/oracle")  # like the retriever, this driver's handle (start()'s)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         assert loaded(question="What is 20 plus 22?").answer == "42"
+    assert FACT in str(lm.history[0]["messages"])  # retrieved here too, through the pool
 
     scored = orch.submit("heavy", "evaluate", program=program, devset=ROWS[:3]).result(timeout=120)
     assert scored["score"] == 1.0  # evaluate takes the class program (the result as it came back) too

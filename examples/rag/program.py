@@ -17,9 +17,9 @@ class RAG(dspy.Module):
     """Retrieve ``k`` passages of ``corpus``, draft an answer with reasoning, then a second predictor checks the
     draft against the passages and gives the final, short answer."""
 
-    def __init__(self, corpus: str = "pydocs", k: int = 3) -> None:
+    def __init__(self, corpus: str = "pydocs", k: int = 3, pool: str = "retrieval") -> None:
         super().__init__()
-        self.retrieve = PoolRetriever(corpus, k=k)  # this process's orchestrator handle, found at each call
+        self.retrieve = PoolRetriever(corpus, k=k, pool=pool)  # this process's orchestrator handle, at each call
         self.answer = dspy.ChainOfThought("context: list[str], question -> answer")
         self.check = dspy.Predict("context: list[str], question, draft -> answer")
 
