@@ -3,18 +3,17 @@
 The official ``openai`` client uploads a file, creates the job, follows it to
 ``succeeded`` and chats with the fine-tuned model through the light pool; bad
 requests are 400 naming the field as it was sent; unknown jobs 404; a cancelled
-job ends ``cancelled``. Then DSPy's own OpenAI fine-tuning flow
-(``dspy.LM.finetune``) runs against the same gateway. Training stays a few
+job ends ``cancelled``. Then DSPy's own fine-tuning flow (``dspy.LM.finetune``
+with ``orchestrator.dspy.provider.Provider``) runs against the same gateway: the
+LM it hands back answers through the adapter on its first call, and a refused or
+failed fine-tune comes back as an error naming the row or the job. Training stays a few
 steps of the offline tiny model, so the module takes about a minute.
 """
 
 from __future__ import annotations
 
 import json
-import time
-import types
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -202,31 +201,64 @@ def test_cancelling_a_running_job_ends_it_cancelled(client: Any, training_file: 
     assert client.fine_tuning.jobs.list_events(created.id, limit=1).data[0].message == "Fine-tuning job cancelled"
 
 
-def test_dspy_finetunes_through_the_gateway(
-    gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def tuned_lm(gateway: GatewayProcess, rows: list[dict[str, Any]], **train_kwargs: Any) -> tuple[Any, Any]:
+    """``dspy.LM.finetune`` of ``llm/tiny`` through the gateway with our Provider, as a DSPy user writes it: the
+    LM, and what its training job ends with (DSPy hands back an exception rather than raising it)."""
     dspy = pytest.importorskip("dspy", reason="dspy>=3 is a test extra: pip install 'dspy>=3'")
-    from dspy.clients import openai as dspy_openai
-    from dspy.clients.utils_finetune import TrainDataFormat
+    from orchestrator.dspy.provider import Provider
 
-    # DSPy's OpenAI provider talks through the openai module's own client (OPENAI_BASE_URL, or these settings,
-    # read on each request; unlike OpenAI(base_url=...), the module's base_url needs its trailing slash) ...
-    monkeypatch.setattr(openai, "base_url", f"{gateway.url}/v1/")
-    monkeypatch.setattr(openai, "api_key", "unused")
-    monkeypatch.setenv("DSPY_FINETUNEDIR", str(tmp_path))
-    # ... and polls every 20 s; a few steps of the tiny model are done in one or two.
-    fast = types.SimpleNamespace(sleep=lambda s: time.sleep(min(s, 0.5)), time=time.time)
-    monkeypatch.setattr(dspy_openai, "time", fast)
-
-    lm = dspy.LM("openai/llm/tiny", api_base=f"{gateway.url}/v1", api_key="unused", max_tokens=8, cache=False)
-    training = lm.finetune(
-        train_data=CHATS, train_data_format=TrainDataFormat.CHAT, train_kwargs={"n_epochs": 1, "batch_size": 2}
+    lm = dspy.LM(
+        "openai/llm/tiny",
+        api_base=f"{gateway.url}/v1",
+        api_key="unused",
+        provider=Provider(poll_interval_s=0.2),
+        max_tokens=8,
+        temperature=0,
+        cache=False,
     )
-    tuned = training.result(timeout=300)
-    assert isinstance(tuned, dspy.LM), tuned  # DSPy hands back the exception when the flow failed
-    assert tuned.model.startswith("llm/ft:tiny:custom:"), tuned.model
-    # DSPy names the new LM fine_tuned_model alone (`lm.copy(model=...)`), without its provider; LiteLLM infers
-    # OpenAI only for `ft:gpt-...` names, so any other fine-tune (ours included) needs `openai/` back.
-    served = tuned.copy(model=f"openai/{tuned.model}")
-    outputs = served("Say apple.")
-    assert isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], str)
+    return lm, lm.finetune(train_data=rows, train_data_format="chat", train_kwargs=train_kwargs).result(timeout=300)
+
+
+def test_dspy_finetunes_through_the_gateway(gateway: GatewayProcess, client: Any) -> None:
+    base, tuned = tuned_lm(gateway, CHATS, **HYPER)
+    assert not isinstance(tuned, Exception), tuned
+    assert tuned.model.startswith("openai/llm/ft:tiny:custom:"), tuned.model
+    assert tuned.kwargs["api_base"] == f"{gateway.url}/v1" and tuned.provider is base.provider
+    answer = tuned("Say apple.")  # its first call, as handed back: LiteLLM needs the provider prefix
+    assert isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], str)
+    assert answer != base("Say apple."), answer  # the adapter answers, not the base model
+    ftjob = next(j for j in client.fine_tuning.jobs.list())
+    assert ftjob.status == "succeeded" and f"openai/{ftjob.fine_tuned_model}" == tuned.model
+    assert ftjob.hyperparameters.n_epochs == 2 and ftjob.hyperparameters.learning_rate_multiplier == 50
+
+
+def test_dspy_fine_tune_of_rows_the_gateway_refuses_names_the_row(gateway: GatewayProcess) -> None:
+    no_answer = {"messages": [{"role": "user", "content": "Say apple."}]}
+    _, failed = tuned_lm(gateway, [CHATS[0], no_answer], n_epochs=1)
+    assert isinstance(failed, orchestrator.InvalidArguments), failed
+    assert failed.message.startswith("uploading the training data for llm/tiny: file.line 2: "), failed.message
+    assert "assistant" in failed.message
+
+
+def test_dspy_fine_tune_that_fails_in_training_names_the_job_and_why(gateway: GatewayProcess, client: Any) -> None:
+    _, failed = tuned_lm(gateway, CHATS, max_steps=1, lora={"target_modules": ["no_such_module"]})
+    assert isinstance(failed, orchestrator.OrchestratorError) and failed.code == "op_failed", failed
+    ftjob = next(j for j in client.fine_tuning.jobs.list())
+    assert ftjob.status == "failed" and ftjob.error.message in failed.message
+    assert failed.message.startswith(f"fine-tuning job {ftjob.id} failed: "), failed.message
+    assert "no_such_module" in failed.message
+
+
+def test_cancelling_a_dspy_training_job_cancels_the_gateway_job(gateway: GatewayProcess, client: Any) -> None:
+    dspy = pytest.importorskip("dspy", reason="dspy>=3 is a test extra: pip install 'dspy>=3'")
+    from dspy.clients.utils_finetune import TrainingStatus
+
+    from orchestrator.dspy.provider import Provider
+
+    lm = dspy.LM("openai/llm/tiny", api_base=f"{gateway.url}/v1", api_key="unused", provider=Provider())
+    job = lm.finetune(train_data=CHATS, train_data_format="chat", train_kwargs={"max_steps": 10_000})
+    wait_until(lambda: job.status() == TrainingStatus.running, timeout=120, what="the DSPy job to run")
+    assert job.cancel() and job.cancelled()
+    assert finished(client, job.provider_job_id, timeout=60).status == "cancelled"
+    job.thread.join(timeout=30)  # the provider sees the cancel at its next poll and ends
+    assert not job.thread.is_alive() and job.status() == TrainingStatus.cancelled
