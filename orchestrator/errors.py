@@ -19,6 +19,7 @@
     ├── JobNotFound            job_not_found         404
     ├── JobCancelled           job_cancelled         409
     ├── FileNotFound           file_not_found        404
+    ├── CorpusNotFound         corpus_not_found      404
     ├── GpuOom                 gpu_oom               507
     ├── DependencyMissing      dependency_missing    500
     └── OpFailed               op_failed             500
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 # What ``from orchestrator.errors import *`` gives (the public packages re-export these).
 __all__ = [
     "ERROR_CLASSES",
+    "CorpusNotFound",
     "DependencyMissing",
     "FileNotFound",
     "Forbidden",
@@ -243,6 +245,13 @@ class FileNotFound(OrchestratorError):
     http_status = 404
 
 
+class CorpusNotFound(OrchestratorError):
+    """No corpus of that name on the retrieval pool (never built, or dropped); the message names it."""
+
+    code = "corpus_not_found"
+    http_status = 404
+
+
 class GpuOom(OrchestratorError):
     """CUDA ran out of memory, even after halving ``batch_size`` down to 1."""
 
@@ -291,6 +300,7 @@ ERROR_CLASSES: dict[str, type[OrchestratorError]] = {
         JobNotFound,
         JobCancelled,
         FileNotFound,
+        CorpusNotFound,
         GpuOom,
         DependencyMissing,
         OpFailed,

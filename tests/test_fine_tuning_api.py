@@ -205,7 +205,7 @@ def tuned_lm(gateway: GatewayProcess, rows: list[dict[str, Any]], **train_kwargs
     """``dspy.LM.finetune`` of ``llm/tiny`` through the gateway with our Provider, as a DSPy user writes it: the
     LM, and what its training job ends with (DSPy hands back an exception rather than raising it)."""
     dspy = pytest.importorskip("dspy", reason="dspy>=3 is a test extra: pip install 'dspy>=3'")
-    from orchestrator.dspy.provider import Provider
+    from orchestrator.dspy import Provider
 
     lm = dspy.LM(
         "openai/llm/tiny",
@@ -253,7 +253,7 @@ def test_cancelling_a_dspy_training_job_cancels_the_gateway_job(gateway: Gateway
     dspy = pytest.importorskip("dspy", reason="dspy>=3 is a test extra: pip install 'dspy>=3'")
     from dspy.clients.utils_finetune import TrainingStatus
 
-    from orchestrator.dspy.provider import Provider
+    from orchestrator.dspy import Provider
 
     lm = dspy.LM("openai/llm/tiny", api_base=f"{gateway.url}/v1", api_key="unused", provider=Provider())
     job = lm.finetune(train_data=CHATS, train_data_format="chat", train_kwargs={"max_steps": 10_000})

@@ -57,9 +57,7 @@ def test_the_rag_example_builds_its_corpus_optimizes_and_answers(orch: orchestra
     program = {"class": "examples.rag.program:RAG", "init": {"corpus": "pydocs", "k": 2}}
     budget = {"num_trials": 2, "num_candidates": 2, "max_bootstrapped_demos": 0, "max_labeled_demos": 0}
     args: dict[str, Any] = {"trainset": trainset()[:4], "valset": devset()[:3], "optimizer": budget}
-    job = orch.submit(
-        "heavy", "optimize", program=program, metric="examples.rag.program:right_module", **args
-    )
+    job = orch.submit("heavy", "optimize", program=program, metric="examples.rag.program:right_module", **args)
     trials = [event for _, event in job.events() if "trial" in event]
     result = job.result(timeout=300)
     assert trials and all(set(t["choices"]) == {"answer.predict", "check"} for t in trials), trials

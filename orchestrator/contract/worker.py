@@ -12,13 +12,15 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, get_type_hints, overload
+from typing import Any, Literal, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from orchestrator.errors import InvalidArguments, InvalidConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
+# ``@op(session=...)``: True runs only inside a session, "optional" inside one or not (``ctx.session_id`` says which).
+SessionMode = bool | Literal["optional"]
 
 
 class Worker:
@@ -33,7 +35,7 @@ class OpSpec:
     """What ``@op`` records about a method."""
 
     name: str
-    session: bool = False
+    session: SessionMode = False
     stream: bool = False
     idempotent: bool = False
     is_async: bool = False
@@ -86,7 +88,7 @@ def op(fn: F) -> F: ...
 @overload
 def op(
     *,
-    session: bool = False,
+    session: SessionMode = False,
     idempotent: bool = False,
     check: Callable[..., None] | None = None,
     pool_wide: bool = False,
@@ -96,7 +98,7 @@ def op(
 def op(
     fn: Any = None,
     *,
-    session: bool = False,
+    session: SessionMode = False,
     idempotent: bool = False,
     check: Any = None,
     pool_wide: bool = False,
@@ -107,7 +109,9 @@ def op(
 
     Plain, ``async def`` and generator (streaming: each ``yield`` is an event,
     the ``return`` value is the result) methods are all supported.
-    ``session=True`` ops run only inside a session; ``idempotent=True`` ops are
+    ``session=True`` ops run only inside a session (``ctx.state`` is its state);
+    ``session="optional"`` ops run inside one (with its state) or outside (no
+    session state: ``ctx.session_id`` is None); ``idempotent=True`` ops are
     retried once on another actor when theirs crashes. ``check(worker, args, orchestrator)``
     checks the validated arguments beyond their types (e.g. that a model another pool
     serves exists; ``orchestrator()`` gives the in-cluster handle) and raises
@@ -121,6 +125,8 @@ def op(
     same key replacing it; ``forget="adapter:{name}"`` drops it. Such ops must be
     idempotent: an actor starting during the call may get it twice.
     """
+    if session not in (True, False, "optional"):
+        raise TypeError(f"@op: session must be True, False or 'optional', got {session!r}")
     if session and (pool_wide or remember or forget):
         raise TypeError("@op: a session op runs on its session's actor; it cannot be pool-wide")
 
@@ -135,7 +141,7 @@ def op(
     return mark(fn) if fn is not None else mark
 
 
-def _build_spec(method: Callable[..., Any], *, session: bool, idempotent: bool) -> OpSpec:
+def _build_spec(method: Callable[..., Any], *, session: SessionMode, idempotent: bool) -> OpSpec:
     signature = inspect.signature(method)
     try:
         hints = get_type_hints(method, include_extras=True)  # keep Annotated[..., Field(...)] bounds

@@ -1,8 +1,10 @@
-"""The in-process handles: ``connect()``, ``Orchestrator``, ``Session`` and ``Job``.
+"""The in-process handles: ``connect()``, ``Orchestrator``, ``Session`` and ``Job``; ``current()``.
 
 The same ``Orchestrator`` handle is what an op gets as ``ctx.orchestrator``,
 so workers call other pools exactly as a driver script does. (``start()``,
 which also launches the control plane, is ``orchestrator.control.launch``'s.)
+``current()`` is this process's handle, for code that is not given one
+(``orchestrator.dspy``'s ``PoolLM`` and ``PoolRetriever``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,41 @@ from orchestrator.errors import JobCancelled, OrchestratorError, Overloaded, Poo
 from orchestrator.types import COORDINATOR_NAME, RECYCLING, Failure
 
 JOB_POLL_S = 5.0  # long-poll length when following a job
+
+# This process's handle (see current()): a driver's latest start()/connect(), and a pool actor's own, built lazily.
+_driver_handle: Orchestrator | None = None
+_actor_handle: Callable[[], Orchestrator] | None = None
+
+
+def current() -> Orchestrator:
+    """This process's orchestrator handle: in a driver, the one ``start()`` or ``connect()`` returned last (until
+    it is shut down or closed); inside a pool actor, the one its ops get as ``ctx.orchestrator``.
+
+    Code that may run before a handle exists (a ``dspy.Module``'s ``__init__``) calls this when it needs the
+    handle, not when it is built. Raises pool_unavailable when the process has none.
+    """
+    if _driver_handle is not None:
+        return _driver_handle
+    if _actor_handle is not None:
+        return _actor_handle()
+    raise PoolUnavailable(
+        "this process has no orchestrator handle: call orchestrator.start() or orchestrator.connect() first "
+        "(or pass the handle)",
+        retryable=False,
+    )
+
+
+def use_in_actor(factory: Callable[[], Orchestrator]) -> None:
+    """A pool actor's handle for ``current()`` (its host's ``ctx.orchestrator`` factory: built on first use)."""
+    global _actor_handle
+    _actor_handle = factory
+
+
+def _use_in_driver(handle: Orchestrator | None, replacing: Orchestrator | None = None) -> None:
+    """Make ``handle`` the driver's current one (None: forget ``replacing`` if it is the current one)."""
+    global _driver_handle
+    if handle is not None or _driver_handle is replacing:
+        _driver_handle = handle
 
 
 def connect(address: str | None = "auto", namespace: str = "orchestrator") -> Orchestrator:
@@ -62,6 +99,8 @@ class Orchestrator:
         self.namespace = namespace
         self.owns_ray = owns_ray
         self.router = Router(coordinator, local_host=local_host, namespace=namespace)
+        if local_host is None:  # start() or connect(): this driver's handle from now on (an actor's is its own)
+            _use_in_driver(self)
 
     @property
     def coordinator(self) -> Any:
@@ -228,6 +267,7 @@ class Orchestrator:
     # ------------------------------------------------------------ shutdown
     def shutdown(self, drain_s: float = 30.0) -> dict[str, Any]:
         """Drain calls, checkpoint sessions, stop every actor and the coordinator (and embedded Ray)."""
+        _use_in_driver(None, replacing=self)
         self.router.close()
         summary = dict(ray.get(self.coordinator.shutdown.remote(drain_s)))
         ray.kill(self.coordinator)
@@ -237,6 +277,7 @@ class Orchestrator:
 
     def close(self) -> None:
         """Detach this handle (the orchestrator keeps running)."""
+        _use_in_driver(None, replacing=self)
         self.router.close()
 
 

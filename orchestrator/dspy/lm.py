@@ -7,6 +7,11 @@ schema and the light pool decodes under it: every answer parses, even from a
 random model. Concurrent calls (DSPy's evaluation threads) reach the pool
 together, which batches them and spreads them over its actors.
 
+Without a handle, an LM uses this process's own (``handles.current()``: the
+pool actor's ``ctx.orchestrator``, or the driver's ``start()``/``connect()``),
+looked up at each call, so a program may build its LMs before a handle exists;
+copies (DSPy deep-copies programs) share the handle, never copy it.
+
 ``lm_for`` turns an ``optimize``/``evaluate`` model argument into an LM: a pool
 model, or an external OpenAI-compatible endpoint whose key is read from this
 process's environment (never carried in a job's arguments).
@@ -14,6 +19,7 @@ process's environment (never carried in a job's arguments).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Callable
@@ -30,13 +36,33 @@ dspy: Any = importlib.import_module("dspy")
 CHAT_ARGS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n", "response_format")
 
 
+def resolve(handle: Orchestrator | Callable[[], Orchestrator] | None) -> Orchestrator:
+    """The handle to call through: the given one (a factory is called: actors build theirs lazily), or this
+    process's own when none was given."""
+    if handle is None:
+        from orchestrator.dataplane.handles import current
+
+        return current()
+    return handle() if callable(handle) and not hasattr(handle, "call") else handle  # type: ignore[return-value]
+
+
+def share_handle(obj: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy`` of ``obj`` whose ``_handle`` (an orchestrator handle: threads and Ray actors) is shared."""
+    clone = object.__new__(type(obj))  # not copy.copy: that would go through a __getstate__ that drops the handle
+    memo[id(obj)] = clone
+    for key, value in vars(obj).items():
+        object.__setattr__(clone, key, value if key == "_handle" else copy.deepcopy(value, memo))
+    return clone
+
+
 class PoolLM(dspy.BaseLM):
-    """A DSPy LM served by a pool (``model="light/tiny"``) through an orchestrator handle."""
+    """A DSPy LM served by a pool (``model="light/tiny"``) through an orchestrator handle (default: this
+    process's own)."""
 
     def __init__(
         self,
         model: str,
-        orchestrator: Orchestrator | Callable[[], Orchestrator],
+        orchestrator: Orchestrator | Callable[[], Orchestrator] | None = None,
         *,
         temperature: float | None = None,
         max_tokens: int | None = None,
@@ -52,9 +78,11 @@ class PoolLM(dspy.BaseLM):
 
     @property
     def orchestrator(self) -> Orchestrator:
-        """The handle calls go through (a factory is called on first use: actors build theirs lazily)."""
-        handle = self._handle
-        return handle() if callable(handle) and not hasattr(handle, "call") else handle  # type: ignore[return-value]
+        """The handle calls go through (looked up at each call when none was given)."""
+        return resolve(self._handle)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PoolLM:
+        return share_handle(self, memo)
 
     @property
     def supports_response_schema(self) -> bool:
@@ -116,7 +144,9 @@ def _response(result: dict[str, Any]) -> Any:
     return SimpleNamespace(choices=choices, usage=dict(result["usage"]), model=result["model"], cache_hit=False)
 
 
-def lm_for(spec: str | dict[str, Any], orchestrator: Orchestrator | Callable[[], Orchestrator], field: str) -> Any:
+def lm_for(
+    spec: str | dict[str, Any], orchestrator: Orchestrator | Callable[[], Orchestrator] | None, field: str
+) -> Any:
     """The LM a job's ``model`` argument names: ``"pool/model"`` or ``{"model", "api_base", "api_key_env"}``."""
     if isinstance(spec, str):
         return PoolLM(spec, orchestrator)

@@ -2,7 +2,7 @@
 LoRA adapter on the heavy pool and hands back an LM that answers through it at once.
 
     import dspy
-    from orchestrator.dspy.provider import Provider
+    from orchestrator.dspy import Provider
     lm = dspy.LM("openai/light/tiny", api_base="http://localhost:8000/v1", api_key="...", provider=Provider())
     tuned = lm.finetune(train_data=rows, train_data_format="chat", train_kwargs={"n_epochs": 3}).result()
     tuned("Say apple.")                          # tuned.model == "openai/light/ft:tiny:custom:1a2b3c4d"

@@ -37,7 +37,7 @@ def add_ops(document: dict[str, Any], pools: dict[str, Any]) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for pool, entry in sorted(pools.items()):
         for name, info in sorted((entry.get("ops") or {}).items()):
-            if info.get("session"):
+            if info.get("session") is True:  # "optional" ops are called outside sessions too
                 continue
             prefix = f"{pool}.{name}."
             params = copy.deepcopy(info.get("params") or {"type": "object"})

@@ -27,6 +27,7 @@ import ray
 
 from orchestrator import metrics
 from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
+from orchestrator.dataplane import handles
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
 from orchestrator.runtime import logs
 from orchestrator.runtime.execution import batched, gpu_memory, job_checkpoint, run_op, run_stream, to_error
@@ -75,6 +76,8 @@ class WorkerHost:
         self.process = psutil.Process()
         self._coordinator: Any = None
         self._orchestrator: Any = None
+        self._handle_lock = threading.Lock()
+        handles.use_in_actor(self._in_cluster)  # this process's handle (handles.current(): PoolLM, PoolRetriever)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.init_error: dict[str, Any] | None = None
         self.worker: Worker | None = None
@@ -287,7 +290,7 @@ class WorkerHost:
 
     def _validate(self, spec: OpSpec, args: dict[str, Any], session: str | None, checked: bool) -> dict[str, Any]:
         """Validate a call's arguments; the op's own ``check`` too unless it ran already (a job's, at submit)."""
-        if spec.session and session is None:
+        if spec.session is True and session is None:  # "optional" ops run outside a session too
             raise InvalidArguments(
                 f"op {spec.name!r} keeps session state: call it inside a session", pool=self.pool, op=spec.name
             )
@@ -368,10 +371,11 @@ class WorkerHost:
         return self._coordinator
 
     def _in_cluster(self) -> Any:
-        if self._orchestrator is None:
-            from orchestrator.dataplane.handles import Orchestrator
-
-            self._orchestrator = Orchestrator.in_cluster(self.namespace, self.coordinator_name, local_host=self)
+        with self._handle_lock:  # DSPy's threads may all reach for it at once: build one
+            if self._orchestrator is None:
+                self._orchestrator = handles.Orchestrator.in_cluster(
+                    self.namespace, self.coordinator_name, local_host=self
+                )
         return self._orchestrator
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:

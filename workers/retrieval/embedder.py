@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -123,6 +124,8 @@ class Embedder:
         self.tokenizer_threads = tokenizer_threads or default_threads
         self.pool = ThreadPoolExecutor(self.tokenizer_threads, thread_name_prefix="tokenize")
         self.last_batch_size: int | None = None
+        self.texts_embedded = 0  # since this process started: corpora are embedded once, not once per actor
+        self._counting = threading.Lock()
 
     def _limit_gpu_memory(self, fraction: float | None) -> float:
         """Cap torch's caching allocator at this actor's share of the GPU (default: Ray's num_gpus)."""
@@ -151,6 +154,8 @@ class Embedder:
         """``encode``, and how many tokens the model read (for OpenAI's ``usage``)."""
         size = max(1, batch_size or self.batch_size)
         self.last_batch_size = size
+        with self._counting:
+            self.texts_embedded += len(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # like encode(): similar lengths batch well
         batches = [order[i : i + size] for i in range(0, len(order), size)]

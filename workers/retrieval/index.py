@@ -180,6 +180,13 @@ class VectorIndex:
             self._pending = []
         return self.vectors
 
+    def prepare(self) -> None:
+        """Join the appended rows (and build FAISS when it will be used) now, so that concurrent searches
+        of an index nobody writes any more (a corpus) only read it."""
+        self.matrix()
+        if self.uses_faiss:
+            self._ivf()
+
     # --------------------------------------------------------------- search
     @property
     def uses_faiss(self) -> bool:

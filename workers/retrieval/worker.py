@@ -1,9 +1,13 @@
-"""The retrieval pool's worker: embeddings, and vector indexes that live in sessions.
+"""The retrieval pool's worker: embeddings, named corpora shared by the pool, and vector indexes in sessions.
 
     pools.yaml:  worker: workers.retrieval:Retrieval   options: {model: minilm, device: auto, batch_size: 64}
 
-Stateless: ``embed``, ``embeddings`` (for the OpenAI route), ``info``. In a session (``ctx.state["index"]``, a
-:class:`VectorIndex` checkpointed after each call): ``add``, ``search``,
+Stateless: ``embed``, ``embeddings`` (for the OpenAI route), ``info``. Named
+corpora (``corpora.py``): ``corpus_build`` (a job: embeds once, on its actor,
+writes the files under ``state_dir/corpora``, then makes every actor serve
+them through the pool-wide remembered ``corpus_load``), ``corpora``,
+``corpus_drop``, and ``search(corpus=...)`` in a session or not. In a session
+(``ctx.state["index"]``, a :class:`VectorIndex` checkpointed after each call): ``add``, ``search``,
 ``delete``, ``size``, ``clear``, ``save``, ``load``. Paths given to ``save``
 and ``load`` are relative to the pool's ``data_dir`` (a client can never name
 a file outside it: :func:`~orchestrator.contract.confined_path`).
@@ -17,6 +21,9 @@ the option.
 from __future__ import annotations
 
 import base64
+import shutil
+import uuid
+from collections.abc import Generator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +33,8 @@ from pydantic import ValidatorFunctionWrapHandler, WrapValidator
 from orchestrator import Context, Worker, op
 from orchestrator.contract import confined_path
 from orchestrator.errors import InvalidConfig
+from workers.retrieval import corpora
+from workers.retrieval.corpora import CorpusDoc, check_name
 from workers.retrieval.embedder import Embedder
 from workers.retrieval.index import VectorIndex, bad, check_filter
 
@@ -65,6 +74,8 @@ class Retrieval(Worker):
         max_input_chars: int = 32_768,
         max_k: int = 1000,
         max_hits: int = 100_000,
+        max_corpus_docs: int = 100_000,
+        corpus_batch: int = 1024,
     ) -> None:
         """Options (pools.yaml ``options``):
 
@@ -82,6 +93,8 @@ class Retrieval(Worker):
         max_input_chars: characters per text.
         max_k: results per query of ``search``.
         max_hits: results per ``search`` call (queries x ``k``), which bounds the answer's size.
+        max_corpus_docs: documents per corpus (``corpus_build``).
+        corpus_batch: documents ``corpus_build`` embeds per step (one progress event and checkpoint each).
         """
         for option, value in (
             ("batch_size", batch_size),
@@ -89,6 +102,8 @@ class Retrieval(Worker):
             ("max_input_chars", max_input_chars),
             ("max_k", max_k),
             ("max_hits", max_hits),
+            ("max_corpus_docs", max_corpus_docs),
+            ("corpus_batch", corpus_batch),
         ):
             if value < 1:
                 raise InvalidConfig(f"options.{option}: must be >= 1, got {value}")
@@ -102,12 +117,14 @@ class Retrieval(Worker):
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.max_inputs, self.max_input_chars, self.max_k = max_inputs, max_input_chars, max_k
         self.max_hits = max_hits
+        self.max_corpus_docs, self.corpus_batch = max_corpus_docs, corpus_batch
         self.index_options: dict[str, Any] = {
             "faiss_min_docs": faiss_min_docs,
             "oversample": oversample,
             "snapshot_min_docs": snapshot_min_docs,
             "snapshot_dir": str(self.data_dir / ".snapshots"),
         }
+        self.shelf = corpora.Shelf(self.embedder.name, self.embedder.dim, self.index_options)
 
     def close(self) -> None:
         """Stop the tokenizer threads."""
@@ -116,7 +133,8 @@ class Retrieval(Worker):
     # ------------------------------------------------------------- stateless
     @op(idempotent=True)
     def info(self) -> dict[str, Any]:
-        """The model (its names, dimension, max tokens), device, batch size and GPU memory fraction."""
+        """The model (its names, dimension, max tokens), device, batch size, GPU memory fraction, and how many
+        texts this actor has embedded (``texts_embedded``: documents and queries, since it started)."""
         embedder = self.embedder
         return {
             "model": embedder.name,
@@ -127,6 +145,7 @@ class Retrieval(Worker):
             "dtype": "float16" if embedder.device.startswith("cuda") else "float32",
             "batch_size": embedder.batch_size,
             "gpu_memory_fraction": embedder.memory_fraction,
+            "texts_embedded": embedder.texts_embedded,
         }
 
     @op(idempotent=True)
@@ -151,6 +170,67 @@ class Retrieval(Worker):
         the route writes the array as floats or base64."""
         vectors, tokens = self._encode(texts, "texts", True, batch_size)
         return {"model": self.embedder.name, "embeddings": vectors, "tokens": tokens}
+
+    # --------------------------------------------------------------- corpora
+    def _check_build(self, args: dict[str, Any], orchestrator: Any) -> None:
+        """At submit: a corpus name, and documents every one of which is fit to embed (nothing queued otherwise)."""
+        check_name(args["name"])
+        self._check_model(args.get("model"))
+        self._documents(args.get("docs"), args.get("file_id"), orchestrator)
+
+    @op(check=_check_build)
+    def corpus_build(
+        self,
+        ctx: Context,
+        name: str,
+        docs: list[CorpusDoc] | None = None,
+        file_id: str | None = None,
+        model: str | None = None,
+    ) -> Generator[dict[str, Any], None, dict[str, Any] | None]:
+        """Build corpus ``name`` from ``docs`` (``[{"id", "text", "metadata"?}]``) or ``file_id`` (an uploaded
+        JSONL file of such rows); run it as a job. Embeds once, here, ``corpus_batch`` documents per step (a
+        progress event and a checkpoint each: a re-run embeds no finished step), writes the corpus under
+        ``state_dir/corpora``, then has every actor serve it (``corpus_load``, remembered: actors that start
+        later load the files, embedding nothing). Building a name again replaces it. Its last event and its
+        result: ``{"name", "documents", "dimensions", "model", "built"}``. ``model``, when given, must name
+        this pool's model (``"<pool>/<model>"`` or an alias): a pool embeds with one model, and a client that
+        pins one is told, not served another. Needs ``limits.concurrency`` >= 2 (refused before embedding
+        otherwise): the pool-wide load reaches this actor while the job still holds one of its threads."""
+        self._check_model(model)
+        rows = self._documents(docs, file_id, lambda: ctx.orchestrator)
+        corpora.check_concurrency(ctx.orchestrator, ctx.pool)
+        build = str((ctx.resume or {}).get("build") or (ctx.job_id or uuid.uuid4().hex)[:16])
+        texts = [row.text for row in rows]
+        vectors = corpora.embed_in_steps(ctx, build, texts, self.embedder.encode, self.corpus_batch)
+        if vectors is None:  # cancelled
+            return None
+        meta = corpora.write_build(name, build, vectors, rows, self.embedder.name)
+        previous = self.shelf.corpora.get(name)
+        ctx.orchestrator.call(ctx.pool, "corpus_load", name=name, build=build)  # every actor, now and later
+        if previous is not None and previous.build != build:
+            corpora.remove_build(name, previous.build)
+        if ctx.job_id is not None:
+            shutil.rmtree(ctx.job_dir / corpora.PARTS, ignore_errors=True)
+        info = corpora.public(meta)
+        yield {"corpus": info}
+        return info
+
+    @op(remember="corpus:{name}", idempotent=True)
+    def corpus_load(self, name: str, build: str) -> dict[str, Any]:
+        """Serve build ``build`` of corpus ``name`` from its files, on every actor of the pool and on actors that
+        start later (``corpus_build`` calls it; nothing is embedded). Returns the corpus's ``corpora()`` entry."""
+        return self.shelf.load(name, build)
+
+    @op(idempotent=True)
+    def corpora(self) -> list[dict[str, Any]]:
+        """Every corpus this pool serves: ``{"name", "documents", "dimensions", "model", "built"}``, by name."""
+        return self.shelf.listing()
+
+    @op(forget="corpus:{name}")
+    def corpus_drop(self, name: str) -> dict[str, Any]:
+        """Stop serving corpus ``name`` on every actor (and on later ones) and remove its files;
+        an unknown name is corpus_not_found."""
+        return self.shelf.drop(name)
 
     # -------------------------------------------------------------- sessions
     @op(session=True)
@@ -184,10 +264,11 @@ class Retrieval(Worker):
         added = index.add(matrix, docs if docs is not None else [None] * count, ids, metadata)
         return {"ids": added, "size": len(index)}
 
-    @op(session=True)
+    @op(session="optional")
     def search(
         self,
         ctx: Context,
+        corpus: str | None = None,
         query: str | None = None,
         queries: list[str] | None = None,
         vectors: Vectors | None = None,
@@ -195,7 +276,8 @@ class Retrieval(Worker):
         filter: dict[str, Any] | None = None,
         exact: bool = False,
     ) -> Hits:
-        """The ``k`` best documents for ``query`` (one hit list) or for each of ``queries``/``vectors`` (``results``).
+        """The ``k`` best documents of ``corpus`` (a named corpus, in a session or not) or, without it, of the
+        session's own index, for ``query`` (one hit list) or for each of ``queries``/``vectors`` (``results``).
 
         A hit list is ``{"ids", "scores", "docs", "metadata"}``, best first; ``note``
         says when fewer than ``k`` came back. ``filter`` matches metadata:
@@ -214,6 +296,13 @@ class Retrieval(Worker):
         if count * k > self.max_hits:
             message = f"{count} queries x k={k} = {count * k} results; at most {self.max_hits} (options.max_hits)"
             raise bad("k", message, "search")
+        if corpus is not None:
+            index = self.shelf.get(corpus, "corpus", "search").index  # before embedding: an unknown one costs nothing
+        elif ctx.session_id is None:
+            message = "name the corpus to search (corpus=...); a session's own index is searched inside its session"
+            raise bad("corpus", message, "search")
+        else:
+            index = self._index(ctx)
         if filter:
             check_filter(filter)
         if vectors is not None:
@@ -221,7 +310,6 @@ class Retrieval(Worker):
         else:
             texts = [query] if query is not None else queries
             matrix = self._encode(texts or [], "queries" if queries is not None else "query", True, None)[0]
-        index = self._index(ctx)
         found = index.search(matrix, k, filter, self.embedder.device, exact)
         lists = [self._hits(index, pairs) for pairs in found]
         note = self._note(k, len(index), found, bool(filter))
@@ -264,6 +352,16 @@ class Retrieval(Worker):
         return {"path": path, "size": len(index)}
 
     # ------------------------------------------------------------- internals
+    def _check_model(self, model: str | None) -> None:
+        """``model`` (optional) names this pool's embedding model: ``"<pool>/<name>"`` or one of its names."""
+        names = self.embedder.names()
+        if model is not None and model.rsplit("/", 1)[-1] not in names:
+            message = f"{model!r} is not this pool's model; it embeds with {self.embedder.name} ({', '.join(names)})"
+            raise bad("model", message, "corpus_build")
+
+    def _documents(self, docs: list[CorpusDoc] | None, file_id: str | None, handle: Any) -> list[CorpusDoc]:
+        return corpora.documents(docs, file_id, handle, self.max_corpus_docs, self.max_input_chars)
+
     def _encode(self, texts: list[str], field: str, normalize: bool, batch_size: int | None) -> tuple[np.ndarray, int]:
         """Embeddings and the tokens read; bad texts or a bad batch size are errors naming the field."""
         self._check_texts(texts, field)
