@@ -54,6 +54,18 @@ def start_orchestrator(ray_cluster: None, tmp_path_factory: pytest.TempPathFacto
             orch.shutdown(drain_s=1.0)
 
 
+def retrieval_pool() -> dict[str, Any]:
+    """A one-actor retrieval pool in this venv on the offline MiniLM (room for corpus_build's pool-wide load)."""
+    return {
+        "worker": "workers.retrieval:Retrieval",
+        "env_manager": "none",
+        "resources": {"num_cpus": 0.25},
+        "limits": {"concurrency": 4},
+        "options": {"device": "cpu", "threads": 1},
+        "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    }
+
+
 def toolbox(size: int = 1, **overrides: Any) -> dict[str, Any]:
     """A Toolbox pool spec with small resources."""
     spec: dict[str, Any] = {

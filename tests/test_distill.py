@@ -12,6 +12,7 @@ import pytest
 import orchestrator
 from orchestrator import errors
 from tests.conftest import ROOT, Start, actors, events_killing_once
+from tests.kit import tuning
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("trl", reason="fine-tuning needs trl: pip install -e '.[heavy]'")
@@ -27,29 +28,11 @@ def orch(start_orchestrator: Start, tmp_path_factory: pytest.TempPathFactory) ->
     from orchestrator.models.tiny import build_tiny_model
 
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-    small = {"num_cpus": 0.25}
-    return start_orchestrator(
-        {
-            "oracle": {
-                "worker": "tests.kit.oracle:Oracle",
-                "resources": small,
-                "options": {"task_fields": ["answer", "draft"]},
-            },
-            "llm": {
-                "worker": "workers.light:Light",
-                "resources": small,
-                "options": {"model": str(tiny), "name": "tiny", "threads": 1},
-            },
-            "heavy": {
-                "worker": "workers.heavy:Heavy",
-                "env_manager": "none",
-                "resources": small,
-                "health": {"period_s": 0.5, "timeout_s": 10},
-                # the class comes from an installed package the pool's options allow (not pools.yaml's code:)
-                "options": {"model": "llm/tiny", "programs": ["tests"]},
-            },
-        }
-    )
+    pools = tuning.pools(tiny)  # llm (the task model) and heavy
+    # the class comes from an installed package the pool's options allow (not pools.yaml's code:)
+    pools["heavy"]["options"]["programs"] = ["tests"]
+    oracle = {"worker": "tests.kit.oracle:Oracle", "resources": {"num_cpus": 0.25}}
+    return start_orchestrator({**pools, "oracle": {**oracle, "options": {"task_fields": ["answer", "draft"]}}})
 
 
 def evaluated(orch: orchestrator.Orchestrator, program: dict[str, Any], **model: str) -> dict[str, Any]:

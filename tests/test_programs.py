@@ -18,7 +18,7 @@ import pytest
 import orchestrator
 from orchestrator import errors
 from orchestrator.config import parse_config
-from tests.conftest import ROOT, Start, actors, events_killing_once
+from tests.conftest import ROOT, Start, actors, events_killing_once, retrieval_pool
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("optuna", reason="the heavy pool needs optuna: pip install -e '.[heavy]'")
@@ -104,14 +104,7 @@ def orch(start_orchestrator: Start, code_dir: Path) -> orchestrator.Orchestrator
     started = start_orchestrator(
         {
             "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small, "options": oracle},
-            "retrieval": {
-                "worker": "workers.retrieval:Retrieval",
-                "env_manager": "none",
-                "resources": small,
-                "limits": {"concurrency": 4},
-                "options": {"device": "cpu", "threads": 1},
-                "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-            },
+            "retrieval": retrieval_pool(),
             "heavy": {
                 "worker": "workers.heavy:Heavy",
                 "env_manager": "none",

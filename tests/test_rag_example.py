@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import orchestrator
-from tests.conftest import ROOT, Start
+from tests.conftest import ROOT, Start, retrieval_pool
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("sentence_transformers", reason="the retrieval extra is not installed")
@@ -21,14 +21,7 @@ def orch(start_orchestrator: Start) -> orchestrator.Orchestrator:
     return start_orchestrator(
         {
             "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small},
-            "retrieval": {
-                "worker": "workers.retrieval:Retrieval",
-                "env_manager": "none",
-                "resources": small,
-                "limits": {"concurrency": 4},
-                "options": {"device": "cpu", "threads": 1},
-                "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-            },
+            "retrieval": retrieval_pool(),
             "heavy": {
                 "worker": "workers.heavy:Heavy",
                 "env_manager": "none",
