@@ -20,6 +20,7 @@
     ├── JobCancelled           job_cancelled         409
     ├── FileNotFound           file_not_found        404
     ├── CorpusNotFound         corpus_not_found      404
+    ├── ProgramNotFound        program_not_found     404
     ├── GpuOom                 gpu_oom               507
     ├── DependencyMissing      dependency_missing    500
     └── OpFailed               op_failed             500
@@ -53,6 +54,7 @@ __all__ = [
     "PayloadTooLarge",
     "PoolNotFound",
     "PoolUnavailable",
+    "ProgramNotFound",
     "SessionLost",
     "SessionNotFound",
     "Timeout",
@@ -252,6 +254,13 @@ class CorpusNotFound(OrchestratorError):
     http_status = 404
 
 
+class ProgramNotFound(OrchestratorError):
+    """No registered program of that name, or no such version of it; the message names which."""
+
+    code = "program_not_found"
+    http_status = 404
+
+
 class GpuOom(OrchestratorError):
     """CUDA ran out of memory, even after halving ``batch_size`` down to 1."""
 
@@ -301,6 +310,7 @@ ERROR_CLASSES: dict[str, type[OrchestratorError]] = {
         JobCancelled,
         FileNotFound,
         CorpusNotFound,
+        ProgramNotFound,
         GpuOom,
         DependencyMissing,
         OpFailed,

@@ -8,6 +8,7 @@ and its metrics thread hands them to Ray's core worker once a second, which
 exports them; recording costs a dict update and never blocks:
 
     pool actors   calls (pool, op, outcome), call_seconds (pool, op), inflight (pool, actor)
+    programs pool program_runs (program, version, outcome), program_run_seconds (program, version)
     callers       overloaded (pool), queued (pool)
     coordinator   restarts (pool, reason), actor_rss_bytes / actor_gpu_memory_bytes (pool, actor),
                   sessions (pool), sessions_restored / sessions_lost (pool), jobs (pool, status),
@@ -162,4 +163,10 @@ job_events = _metric("counter", "orchestrator_job_events", "Job events logged.",
 checkpoint_bytes = _metric("counter", "orchestrator_checkpoint_bytes", "Checkpoint bytes stored.", ("pool", "kind"))
 http_requests = _metric("counter", "orchestrator_http_requests", "Gateway requests.", ("route", "method", "status"))
 http_seconds = _metric("histogram", "orchestrator_http_seconds", "Gateway request latency.", ("route",))
+program_runs = _metric(
+    "counter", "orchestrator_program_runs", "Program runs, by version and outcome.", ("program", "version", "outcome")
+)
+program_run_seconds = _metric(
+    "histogram", "orchestrator_program_run_seconds", "Program run duration.", ("program", "version")
+)
 sse_open = _metric("gauge", "orchestrator_sse_open", "Open SSE streams.", ("route",))

@@ -24,6 +24,13 @@ from orchestrator.cli.envs import cmd_envs_build, cmd_envs_list
 from orchestrator.cli.jobs import cmd_jobs_cancel, cmd_jobs_list, cmd_jobs_result, cmd_jobs_submit, cmd_jobs_watch
 from orchestrator.cli.models import cmd_models_tiny
 from orchestrator.cli.pools import cmd_call, cmd_down, cmd_pools_restart, cmd_sessions, cmd_status
+from orchestrator.cli.programs import (
+    cmd_programs_list,
+    cmd_programs_promote,
+    cmd_programs_register,
+    cmd_programs_run,
+    cmd_programs_show,
+)
 from orchestrator.cli.render import say
 from orchestrator.cli.server import cmd_gateway, cmd_up
 from orchestrator.errors import OrchestratorError
@@ -112,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     result = add_command(jobs_sub, "result", cmd_jobs_result)
     result.add_argument("job_id")
     result.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: until it ends)")
+
+    programs = sub.add_parser("programs", help="Registered DSPy programs: list, show, register, run, promote.")
+    programs_sub = programs.add_subparsers(dest="programs_command", required=True)
+    add_command(programs_sub, "list", cmd_programs_list).add_argument("--json", action="store_true")
+    show = add_command(programs_sub, "show", cmd_programs_show)
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print JSON (with each version's state)")
+    register = add_command(programs_sub, "register", cmd_programs_register)
+    register.add_argument("name")
+    register.add_argument("--job", default=None, help="a succeeded optimize job's id")
+    register.add_argument("--program", default=None, help='a program as JSON: {"class", "init", "state"}')
+    register.add_argument("--model", default=None, help="the model it calls (pool/model, or an endpoint as JSON)")
+    run = add_command(programs_sub, "run", cmd_programs_run)
+    run.add_argument("name")
+    run.add_argument("inputs", nargs="*", help="key=value inputs of forward (values may be JSON)")
+    run.add_argument("--version", type=int, default=None, help="this version instead of the live one")
+    run.add_argument("--trace", action="store_true", help="also print each predictor's inputs and outputs")
+    run.add_argument("--stream", action="store_true", help="show each module as it starts")
+    run.add_argument("--json", action="store_true", help="print the whole answer (name, version, outputs)")
+    promote = add_command(programs_sub, "promote", cmd_programs_promote)
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
     return parser
 
 

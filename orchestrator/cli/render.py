@@ -117,11 +117,24 @@ def status_table(pools: Iterable[dict[str, Any]]) -> str:
                     human_bytes(actor["rss"]),
                     human_bytes(actor.get("gpu_memory")),
                     last_restart(actor),
+                    holds_cell(actor),
                 ]
             )
     columns = ["actor", "state", "pid", "calls", "busy", "sessions", "running", "restarts", "memory", "gpu memory"]
-    columns.append("last restart")
+    columns += ["last restart", "holds"]
     return format_table(columns, rows, title="pools")
+
+
+def holds_cell(actor: dict[str, Any]) -> str:
+    """What the actor's worker says it holds: a programs actor's loaded versions (``rag v1,2 live 2``)."""
+    holds = actor.get("holds") or {}
+    loaded = holds.get("programs")
+    if loaded:
+        return "; ".join(
+            f"{name} v{','.join(map(str, p['versions']))} live {p['live'] if p['live'] is not None else '-'}"
+            for name, p in loaded.items()
+        )
+    return ", ".join(f"{key}: {value}" for key, value in holds.items()) or "-"
 
 
 def age(created: float) -> str:

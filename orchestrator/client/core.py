@@ -322,6 +322,68 @@ class BaseClient(Generic[StreamT, SessionT, RetrievalT, JobT]):
         """Open sessions (of one pool, or all)."""
         return list((yield from self._get("v1", "sessions", params={"pool": pool} if pool else None, key="sessions")))
 
+    # ------------------------------------------------------------- programs
+    @operation
+    def register_program(
+        self,
+        name: str,
+        *,
+        program: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        model: str | dict[str, Any] | None = None,
+    ) -> Steps[dict[str, Any]]:
+        """``POST /v1/programs``: a new version of ``name`` from ``program`` (``{"class", "init", "state"}``) or a
+        succeeded optimize job (``job_id``); ``model`` overrides the model it calls. ``{"name", "version", "live"}``."""
+        given = {"name": name, "program": program, "job_id": job_id, "model": model}
+        request = self.build_request("POST", "v1", "programs", body={k: v for k, v in given.items() if v is not None})
+        return dict(response_field((yield from self._exchange(request, idempotent=False))))
+
+    @operation
+    def programs(self) -> Steps[list[dict[str, Any]]]:
+        """Every registered program: ``{"name", "live", "versions", "latest", "created"}``."""
+        return list((yield from self._get("v1", "programs", key="programs")))
+
+    @operation
+    def program(self, name: str, states: bool = False) -> Steps[dict[str, Any]]:
+        """One program: its versions and the live one (program_not_found if there is none)."""
+        return dict((yield from self._get("v1", "programs", name, params={"states": "true"} if states else None)))
+
+    @operation
+    def run_program(
+        self, name: str, inputs: dict[str, Any], version: int | None = None, trace: bool = False
+    ) -> Steps[dict[str, Any]]:
+        """Run ``name`` (live, or ``version``) on ``forward``'s ``inputs``: ``{"name", "version", "outputs"}``
+        (and ``trace``: each predictor's inputs and outputs)."""
+        body = {**inputs, "trace": True} if trace else dict(inputs)
+        params = {"version": version} if version is not None else None
+        request = self.build_request("POST", "v1", "programs", name, "run", body=body, params=params)
+        return dict(response_field((yield from self._exchange(request, idempotent=True))))
+
+    @operation
+    def batch_program(
+        self, name: str, inputs: list[dict[str, Any]], version: int | None = None
+    ) -> Steps[dict[str, Any]]:
+        """Run many inputs over the programs pool's actors: ``{"name", "version", "outputs": [...in order]}``."""
+        params = {"version": version} if version is not None else None
+        request = self.build_request("POST", "v1", "programs", name, "batch", body={"inputs": inputs}, params=params)
+        return dict(response_field((yield from self._exchange(request, idempotent=True))))
+
+    @operation
+    def stream_program(self, name: str, inputs: dict[str, Any], version: int | None = None) -> Steps[StreamT]:
+        """A run as Server-Sent Events: ``{"status", "module"}`` as each module starts; ``.result`` the outputs."""
+        params = {"version": version} if version is not None else None
+        request = self.build_request(
+            "POST", "v1", "programs", name, "run", body=dict(inputs), params=params, accept=EVENT_STREAM
+        )
+        response = yield from self._exchange(request, idempotent=False, pool="programs", op="run_stream")
+        return self.stream_class(self, response, "programs", "run_stream")
+
+    @operation
+    def promote_program(self, name: str, version: int) -> Steps[dict[str, Any]]:
+        """Make ``version`` live (rollback: promote an older one): ``{"name", "live", "previous"}``."""
+        request = self.build_request("POST", "v1", "programs", name, "promote", body={"version": version})
+        return dict(response_field((yield from self._exchange(request, idempotent=True))))
+
     @operation
     def restart_pool(self, name: str) -> Steps[dict[str, Any]]:
         """Start a failed (or stopped) pool again; ``{"restarted": bool, "message": ...}``."""

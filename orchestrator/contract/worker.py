@@ -29,6 +29,11 @@ class Worker:
     def close(self) -> None:
         """Called once when the actor stops gracefully; release resources here."""
 
+    def describe(self) -> dict[str, Any] | None:
+        """What this actor holds, for ``orchestrator status`` (e.g. the program versions it has loaded): a small
+        JSON object, asked for at each health ping from the admin thread (keep it quick and thread-safe)."""
+        return None
+
 
 @dataclass(frozen=True)
 class OpSpec:

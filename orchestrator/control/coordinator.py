@@ -6,6 +6,7 @@
     ├── RoutingTable   routing.py      the versioned table routers long-poll
     ├── JobRunner      jobs.py         queues, runs, retries, event logs (through ``JobHost``)
     ├── FileTable      files.py        uploaded files (OpenAI's Files API), checked before they are stored
+    ├── ProgramRegistry programs.py    program versions and the live one, loaded pool-wide by the programs pool
     └── Store          store.py        SQLite: sessions, checkpoints, jobs, events, files
 
 It is never on the call path. Its loop runs each part's step and catches and
@@ -39,6 +40,7 @@ from orchestrator.control.files import FileTable
 from orchestrator.control.jobs import JobRunner
 from orchestrator.control.poolcalls import PoolCalls
 from orchestrator.control.pools import ActorSlot, PoolState
+from orchestrator.control.programs import ProgramRegistry
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.sessions import SessionTable
 from orchestrator.control.store import Store
@@ -70,6 +72,7 @@ class Coordinator:
         self.files = FileTable(self.store, self.config.files)
         self.pool_calls = PoolCalls(self.store, self.pools, self.supervisor.recycle)
         self.supervisor.replay = self.pool_calls.replay
+        self.programs = ProgramRegistry(self.store, self.pool_call, self.get_job)
         self.autoscaler = Autoscaler(
             self.pools,
             lambda pool: len(self.jobs.queues.get(pool, ())),
@@ -274,6 +277,31 @@ class Coordinator:
     async def delete_file(self, file_id: str) -> Any:
         """Delete a file; ``{"id", "object": "file", "deleted": True}`` (or a Failure: file_not_found)."""
         return await asyncio.to_thread(self.files.delete, file_id)
+
+    # ------------------------------------------------------------- programs
+    async def register_program(
+        self, pool: str, name: str, program: Any = None, job_id: str | None = None, model: Any = None
+    ) -> Any:
+        """Register a new version of program ``name`` on the programs pool ``pool`` (see control/programs.py)."""
+        await self._booted()
+        return await self.programs.register(pool, name, program, job_id, model)
+
+    def list_programs(self) -> list[dict[str, Any]]:
+        """Every registered program, by name."""
+        return self.programs.listing()
+
+    def get_program(self, name: str, states: bool = False) -> Any:
+        """One program's versions and its live one (or a Failure: program_not_found)."""
+        return self.programs.show(name, states)
+
+    def resolve_program(self, name: str, version: int | None = None) -> Any:
+        """The version a run of ``name`` uses (``version``, checked, or the live one)."""
+        return self.programs.resolve(name, version)
+
+    async def promote_program(self, pool: str, name: str, version: Any) -> Any:
+        """Make ``version`` of ``name`` the live one on every actor of ``pool``, then in the registry."""
+        await self._booted()
+        return await self.programs.promote(pool, name, version)
 
     # --------------------------------------------------------------- status
     async def status(self) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class ActorSlot:
             "last_restart": self.last_restart,
             "rss": self.stats.get("rss"),
             "gpu_memory": self.stats.get("gpu_memory"),
+            "holds": self.stats.get("holds"),
             "calls": self.stats.get("calls", 0),
             "inflight": self.stats.get("inflight", 0),
             "sessions": sessions,

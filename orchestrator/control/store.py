@@ -34,7 +34,7 @@ from typing import Any
 
 from orchestrator.types import job_key
 
-SCHEMA_VERSION = 3  # 2: jobs and job_events; 3: pool_calls (and files)
+SCHEMA_VERSION = 4  # 2: jobs and job_events; 3: pool_calls (and files); 4: programs and program_live
 INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
 
 _SCHEMA = """
@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL,
     created REAL NOT NULL, path TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS programs (
+    name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS program_live (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
 """
 
 
@@ -149,6 +154,49 @@ class Store:
                 "SELECT key, op, args FROM pool_calls WHERE pool=? ORDER BY updated, key", (pool,)
             ).fetchall()
         return [(key, op, pickle.loads(args)) for key, op, args in rows]
+
+    def next_program_version(self, name: str) -> int:
+        """The number the next version of program ``name`` gets (1 for a new program)."""
+        with self.lock:
+            row = self.db.execute("SELECT MAX(version) FROM programs WHERE name=?", (name,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    def add_program_version(self, name: str, version: int, record: dict[str, Any], live: bool) -> None:
+        """Store an immutable program version (and make it live, in the same commit, when ``live``)."""
+        with self.lock, self.db:
+            self.db.execute(
+                "INSERT INTO programs (name, version, record, created) VALUES (?, ?, ?, ?)",
+                (name, version, json.dumps(record), time.time()),
+            )
+            if live:
+                self.db.execute("INSERT OR REPLACE INTO program_live (name, version) VALUES (?, ?)", (name, version))
+
+    def set_live_program(self, name: str, version: int) -> None:
+        """Make ``version`` the one program ``name`` runs by default."""
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO program_live (name, version) VALUES (?, ?)", (name, version))
+
+    def program_versions(self, name: str) -> tuple[list[dict[str, Any]], int | None]:
+        """Program ``name``'s versions, oldest first (``{"version", "created", **record}``), and its live one."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT version, record, created FROM programs WHERE name=? ORDER BY version", (name,)
+            ).fetchall()
+            live = self.db.execute("SELECT version FROM program_live WHERE name=?", (name,)).fetchone()
+        versions = [{"version": v, "created": created, **json.loads(record)} for v, record, created in rows]
+        return versions, (int(live[0]) if live else None)
+
+    def program_names(self) -> list[dict[str, Any]]:
+        """Every program: ``{"name", "live", "versions", "latest", "created"}``, by name."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT p.name, COUNT(*), MAX(p.version), MIN(p.created), l.version FROM programs p "
+                "LEFT JOIN program_live l ON l.name = p.name GROUP BY p.name ORDER BY p.name"
+            ).fetchall()
+        return [
+            {"name": name, "live": live, "versions": count, "latest": latest, "created": created}
+            for name, count, latest, created, live in rows
+        ]
 
     def open_sessions(self) -> list[dict[str, Any]]:
         """The sessions not closed (what a restarted coordinator reloads)."""

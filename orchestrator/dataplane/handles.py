@@ -14,12 +14,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
+from orchestrator.dataplane import programs as program_calls
+from orchestrator.dataplane.programs import POOL as PROGRAMS
 from orchestrator.dataplane.router import Router, unwrap
 from orchestrator.dataplane.stream import Stream
 from orchestrator.errors import JobCancelled, OrchestratorError, Overloaded, PoolUnavailable, Timeout, WorkerCrashed
@@ -263,6 +266,61 @@ class Orchestrator:
     def delete_file(self, file_id: str) -> dict[str, Any]:
         """Delete a file; ``{"id", "object": "file", "deleted": True}`` (file_not_found if there is none)."""
         return dict(unwrap(ray.get(self.coordinator.delete_file.remote(file_id))))
+
+    # ------------------------------------------------------------- programs
+    def register_program(
+        self,
+        name: str,
+        *,
+        program: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        model: str | dict[str, Any] | None = None,
+        pool: str = PROGRAMS,
+    ) -> dict[str, Any]:
+        """Register a new version of program ``name`` from ``program`` (``{"class", "init", "state"}``) or a
+        succeeded optimize job; ``model`` overrides the model it calls. ``{"name", "version", "live"}``."""
+        answer = self.coordinator.register_program.remote(pool, name, program, job_id, model)
+        return dict(unwrap(ray.get(answer)))
+
+    def programs(self) -> list[dict[str, Any]]:
+        """Every registered program: ``{"name", "live", "versions", "latest", "created"}``."""
+        return list(ray.get(self.coordinator.list_programs.remote()))
+
+    def program(self, name: str, states: bool = False) -> dict[str, Any]:
+        """One program's versions and its live one (program_not_found if there is none)."""
+        return dict(unwrap(ray.get(self.coordinator.get_program.remote(name, states))))
+
+    def run_program(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        version: int | None = None,
+        trace: bool = False,
+        pool: str = PROGRAMS,
+    ) -> dict[str, Any]:
+        """Run ``name`` (live, or ``version``) on ``forward``'s ``inputs``: ``{"name", "version", "outputs"}``
+        (and ``trace``: each predictor's inputs and outputs)."""
+        return dict(self.call(pool, "run", name=name, inputs=inputs, version=version, trace=trace))
+
+    def batch_program(
+        self, name: str, inputs: list[dict[str, Any]], version: int | None = None, pool: str = PROGRAMS
+    ) -> dict[str, Any]:
+        """Run many inputs over the pool's actors (one chunk each): ``{"name", "version", "outputs": [...]}``."""
+        record = program_calls.pick_version(self.program(name), version)
+        calls = program_calls.batch_calls(record, name, inputs, len(self.router.pool(pool)["actors"]))
+        with ThreadPoolExecutor(max_workers=len(calls)) as chunks:
+            answers = list(chunks.map(lambda args: self.call(pool, "run_many", **args), calls))
+        return program_calls.batch_answer(record, name, answers)
+
+    def stream_program(
+        self, name: str, inputs: dict[str, Any], version: int | None = None, pool: str = PROGRAMS
+    ) -> Stream:
+        """A run as a stream: a ``{"status", "module"}`` event as each module starts; ``.result`` the outputs."""
+        return self.stream(pool, "run_stream", name=name, inputs=inputs, version=version)
+
+    def promote_program(self, name: str, version: int, pool: str = PROGRAMS) -> dict[str, Any]:
+        """Make ``version`` live (rollback: promote an older one): ``{"name", "live", "previous"}``."""
+        return dict(unwrap(ray.get(self.coordinator.promote_program.remote(pool, name, version))))
 
     # ------------------------------------------------------------ shutdown
     def shutdown(self, drain_s: float = 30.0) -> dict[str, Any]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from orchestrator.dataplane.handles import Orchestrator
 
 dspy: Any = importlib.import_module("dspy")
+with_callbacks: Any = importlib.import_module("dspy.utils.callback").with_callbacks
 
 
 class PoolRetriever:
@@ -57,6 +58,7 @@ class PoolRetriever:
         """The handle searches go through (this process's own, looked up at each call, when none was given)."""
         return resolve(self._handle)
 
+    @with_callbacks  # DSPy's callbacks see each search as a module call (streamify's status, tracing)
     def __call__(self, query: str, k: int | None = None) -> Any:
         return self.forward(query, k)
 

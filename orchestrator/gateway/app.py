@@ -29,7 +29,7 @@ from orchestrator.gateway.docs import publish_ops
 from orchestrator.gateway.guard import Guard, Origins, Tokens, check_bind, error_response, served_hosts
 from orchestrator.gateway.metered import Metered
 from orchestrator.gateway.openai import chat, embeddings, files, fine_tuning
-from orchestrator.gateway.routes import jobs, pools, sessions
+from orchestrator.gateway.routes import jobs, pools, programs, sessions
 
 
 def create_app(
@@ -84,7 +84,7 @@ def create_app(
             on_shutdown()
             return {"status": "shutting down"}
 
-    for family in (pools, sessions, jobs, chat, embeddings, files, fine_tuning):
+    for family in (pools, sessions, jobs, programs, chat, embeddings, files, fine_tuning):
         app.include_router(family.router(orch))
     publish_ops(app, orch)
     app.state.tokens = Tokens(options.credentials())

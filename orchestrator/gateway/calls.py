@@ -58,10 +58,19 @@ async def op_arguments(request: Request, pool: str | None, op: str) -> dict[str,
 
 
 async def run_call(
-    orch: Orchestrator, pool: str, op: str, args: dict[str, Any], session: Session | None, request: Request
+    orch: Orchestrator,
+    pool: str,
+    op: str,
+    args: dict[str, Any],
+    session: Session | None,
+    request: Request,
+    stream_op: str | None = None,
+    wrap: bool = True,
 ) -> Response:
+    """The op's answer as JSON (``{"result": ...}``, or the bare value without ``wrap``); with ``Accept:
+    text/event-stream``, ``stream_op`` (default: ``op``) as Server-Sent Events."""
     if SSE in request.headers.get("accept", ""):
-        stream = Stream(orch.router, pool, op, args, session)
+        stream = Stream(orch.router, pool, stream_op or op, args, session)
         # Read the first item before answering, so bad arguments and the like get their real status.
         try:
             first: list[Any] = [await stream.__anext__()]
@@ -70,12 +79,13 @@ async def run_call(
         return StreamingResponse(_sse(stream, first), media_type=SSE, headers={"Cache-Control": "no-store"})
     router = orch.router
     steps = router.call_steps(pool, op, args, session=session)
-    return _json_result(await router.arun(steps), pool, op)
+    return json_result(await router.arun(steps), pool, op, wrap)
 
 
-def _json_result(value: Any, pool: str, op: str) -> Response:
+def json_result(value: Any, pool: str, op: str, wrap: bool = True) -> Response:
+    """``{"result": value}`` (or ``value`` itself) as a JSON response; a value JSON cannot carry is op_failed."""
     try:
-        body = dumps({"result": value})
+        body = dumps({"result": value} if wrap else value)
     except (TypeError, ValueError) as exc:
         raise OpFailed(f"the op's result is not JSON-serializable: {exc}", pool=pool, op=op) from None
     return Response(body, media_type="application/json")

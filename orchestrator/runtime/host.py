@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import os
 import pickle
 import threading
@@ -33,6 +34,8 @@ from orchestrator.runtime import logs
 from orchestrator.runtime.execution import batched, gpu_memory, job_checkpoint, run_op, run_stream, to_error
 from orchestrator.runtime.turnstile import SessionSlot, Turn
 from orchestrator.types import RECYCLING, Failure, Final, JobRun, Request, session_key
+
+log = logging.getLogger("orchestrator.host")
 
 ADMIN = "admin"
 
@@ -121,6 +124,7 @@ class WorkerHost:
             "pid": os.getpid(),
             "rss": self.process.memory_info().rss,
             "gpu_memory": gpu_memory(),
+            "holds": described(self.worker),
             "calls": self.calls,
             "inflight": self.inflight,
             "recycling": self.recycling,
@@ -393,6 +397,15 @@ class WorkerHost:
 
 class _Recycling(Exception):
     """The host is draining; the call never started."""
+
+
+def described(worker: Worker | None) -> dict[str, Any] | None:
+    """The worker's ``describe()`` (None when it has none to give, or it failed: a ping must answer)."""
+    try:
+        return worker.describe() if worker is not None else None
+    except Exception:
+        log.exception("describe() failed")
+        return None
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

@@ -62,6 +62,17 @@ def calling(op: str, call_id: str, session: str | None, job: str | None) -> Iter
         _call.set(previous)
 
 
+@contextmanager
+def naming(**fields: Any) -> Iterator[None]:
+    """Within: log records also carry these fields (``program=rag version=2``) after the call's own."""
+    previous = _call.get()
+    _call.set(" ".join([previous, *(f"{key}={value}" for key, value in fields.items())]).strip())
+    try:
+        yield
+    finally:
+        _call.set(previous)
+
+
 def carried(awaitable: Awaitable[T]) -> Any:
     """``awaitable`` wrapped so it runs in the caller's context (an async op's task would start without it)."""
     fields = _call.get()

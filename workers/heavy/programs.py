@@ -238,12 +238,12 @@ def program_class(path: str, allowed: Iterable[str]) -> type:
         raise invalid(
             field,
             f"{module_name!r} is not deployed code (deployed packages: {shown}): list its package in pools.yaml's "
-            "code: (shipped to every node), or in the heavy pool's options.programs if its env installs it",
+            "code: (shipped to every node), or in the pool's options.programs if its env installs it",
         )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any failure of the user's module: an ImportError, or its own code raising
-        raise invalid(field, f"cannot import {module_name!r} in the heavy pool: {type(exc).__name__}: {exc}") from None
+        raise invalid(field, f"cannot import {module_name!r} in this pool: {type(exc).__name__}: {exc}") from None
     cls = getattr(module, name, None)
     if cls is None:
         raise invalid(field, f"module {module_name!r} has no {name!r}")
