@@ -21,6 +21,12 @@ Both retrieval pools serve the corpus ``pydocs`` (examples/rag/data.py).
    alternate after a warm-up round; best of the timed runs. Goal: heavy / bare <= 1.1.
 2. Evaluation: an ``evaluate`` job (16 threads) of the RAG program over 24 rows,
    examples/s with each combination of 1 or 2 light actors and 1 or 2 retrieval actors.
+3. Serving: the RAG program registered as a version of the ``programs`` pool (two
+   actors), 8 clients at once, runs/s over HTTP (``orchestrator gateway`` in a
+   subprocess, one httpx client per thread) and in-process (``orch.run_program``), vs
+   the same class called in this bare driver by 8 threads with a ``PoolLM`` on the
+   same light pool and the same ``PoolRetriever`` corpus. Goal: served / bare >= 0.9.
+   Then a batch of 64 (``batch_program``: a chunk per actor) vs 64 sequential runs.
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ray
 from rich.console import Console
 from rich.table import Table
@@ -63,9 +73,12 @@ BUDGET: dict[str, Any] = {
     "seed": 9,
 }
 EVAL_THREADS = 16
+SERVE_GOAL = 0.9
+SERVE_CLIENTS = 8
+BATCH = 64
 
 
-PROGRAM = {"class": CLASS, "init": {"corpus": "pydocs", "k": 2}}
+PROGRAM: dict[str, Any] = {"class": CLASS, "init": {"corpus": "pydocs", "k": 2}}
 
 
 def all_pools(model_dir: Path) -> dict[str, Any]:
@@ -80,7 +93,15 @@ def all_pools(model_dir: Path) -> dict[str, Any]:
             "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
         }
 
-    return {**pools(model_dir), "retrieval": retrieval(1), "retrieval2": retrieval(2)}
+    programs = {
+        "worker": "workers.programs:Programs",
+        "env_manager": "none",
+        "size": 2,
+        "resources": {"num_cpus": 0.25},
+        "limits": {"concurrency": 16, "queue": 256},
+        "options": {"model": "light/tiny", "threads": 8},
+    }
+    return {**pools(model_dir), "retrieval": retrieval(1), "retrieval2": retrieval(2), "programs": programs}
 
 
 def heavy_side(orch: orchestrator.Orchestrator, train: list[Any], val: list[Any]) -> dict[str, Any]:
@@ -171,10 +192,112 @@ def measure_evaluate(orch: orchestrator.Orchestrator, rounds: int, console: Cons
     return {"devset": len(devset), "threads": EVAL_THREADS, "examples_s": best}
 
 
-def show(opt: dict[str, Any], ev: dict[str, Any], console: Console) -> None:
-    table = Table(title="RAG example: MIPROv2 by class as a heavy job vs a bare driver; evaluate vs pool sizes")
+def concurrently(run: Any, questions: list[str], clients: int) -> float:
+    """Seconds to run ``run(question)`` for every question, ``clients`` threads at once."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(run, questions))
+    return time.perf_counter() - start
+
+
+def gateway_process(namespace: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``orchestrator gateway`` on this Ray, answering /healthz."""
+    address = ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "orchestrator", "gateway", "--address", address, "--namespace", namespace]
+    env = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRATOR_TOKEN", "RAY_ADDRESS")}
+    with log.open("wb") as out:
+        process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited: {log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return process
+        time.sleep(0.2)
+    raise RuntimeError("the gateway did not answer /healthz in 90 s")
+
+
+def measure_serving(
+    orch: orchestrator.Orchestrator, namespace: str, rounds: int, console: Console, tmp: Path
+) -> dict[str, Any]:
+    import dspy
+
+    from examples.rag.program import RAG
+    from orchestrator.dspy import PoolLM
+
+    orch.register_program("rag", program=PROGRAM)
+    questions = [row["question"] for row in rows()] * 2  # 48 runs per side
+    rag = RAG(**PROGRAM["init"])
+    lm = PoolLM("light/tiny", orch)
+
+    def bare(question: str) -> None:
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            rag(question=question)
+
+    def in_process(question: str) -> None:
+        orch.run_program("rag", {"question": question})
+
+    port = 18000 + os.getpid() % 1000
+    local = threading.local()
+
+    def over_http(question: str) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        response = local.client.post("/v1/programs/rag/run", json={"question": question})
+        response.raise_for_status()
+
+    gateway = gateway_process(namespace, port, tmp / "gateway.log")
+    sides = {"bare": bare, "in-process": in_process, "http": over_http}
+    best: dict[str, float] = {}
+    try:
+        for r in range(rounds + 1):  # round 0: warm-up
+            for name, side in sides.items() if r % 2 else reversed(sides.items()):
+                rate = len(questions) / concurrently(side, questions, SERVE_CLIENTS)
+                if r:
+                    best[name] = max(best.get(name, 0.0), rate)
+                console.print(f"serve {'warm-up' if r == 0 else f'round {r}'}, {name}: {rate:.2f} runs/s")
+        batch_rows = [{"question": q} for q in (questions * 2)[:BATCH]]
+        batch_s, sequential_s = float("inf"), float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            assert len(orch.batch_program("rag", batch_rows)["outputs"]) == BATCH
+            batch_s = min(batch_s, time.perf_counter() - start)
+            start = time.perf_counter()
+            for row in batch_rows:
+                orch.run_program("rag", row)
+            sequential_s = min(sequential_s, time.perf_counter() - start)
+        console.print(f"batch of {BATCH}: {batch_s:.2f} s, {BATCH} sequential runs: {sequential_s:.2f} s")
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=20)
+    ratios = {name: best[name] / best["bare"] for name in ("in-process", "http")}
+    return {
+        "clients": SERVE_CLIENTS,
+        "runs": len(questions),
+        "runs_s": best,
+        "ratios": ratios,
+        "meets": all(r >= SERVE_GOAL for r in ratios.values()),
+        "batch_s": batch_s,
+        "sequential_s": sequential_s,
+        "batch_speedup": sequential_s / batch_s,
+    }
+
+
+def show(opt: dict[str, Any] | None, ev: dict[str, Any] | None, serve: dict[str, Any] | None, console: Console) -> None:
+    table = Table(title="RAG example: MIPROv2 by class as a heavy job vs a bare driver; evaluate vs pool sizes; served")
     for column in ("measure", "unit", "measured", "anchor", "anchor value", "ratio", "goal"):
         table.add_column(column, justify="right" if column in ("measured", "anchor value", "ratio") else "left")
+    if opt is not None:
+        optimize_rows(table, opt)
+    if ev is not None:
+        evaluate_rows(table, ev)
+    if serve is not None:
+        serve_rows(table, serve)
+    console.print(table)
+
+
+def optimize_rows(table: Table, opt: dict[str, Any]) -> None:
     table.add_row(
         "MIPROv2 of RAG as a heavy job",
         "s",
@@ -184,6 +307,9 @@ def show(opt: dict[str, Any], ev: dict[str, Any], console: Console) -> None:
         f"{opt['ratio']:.2f}",
         f"<= {GOAL}",
     )
+
+
+def evaluate_rows(table: Table, ev: dict[str, Any]) -> None:
     base = ev["examples_s"]["1 light, 1 retrieval"]
     for key, value in ev["examples_s"].items():
         table.add_row(
@@ -195,12 +321,31 @@ def show(opt: dict[str, Any], ev: dict[str, Any], console: Console) -> None:
             f"{value / base:.2f}",
             "-",
         )
-    console.print(table)
+
+
+def serve_rows(table: Table, serve: dict[str, Any]) -> None:
+    bare = serve["runs_s"]["bare"]
+    for name in ("in-process", "http"):
+        rate = serve["runs_s"][name]
+        row = f"served runs, {name}"
+        table.add_row(
+            row, "runs/s", f"{rate:.2f}", "bare driver, same pools", f"{bare:.2f}", f"{rate / bare:.2f}", ">= 0.9"
+        )
+    table.add_row(
+        f"batch of {BATCH}",
+        "s",
+        f"{serve['batch_s']:.2f}",
+        f"{BATCH} sequential runs",
+        f"{serve['sequential_s']:.2f}",
+        f"{serve['batch_s'] / serve['sequential_s']:.2f}",
+        "-",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one timed run per side (a smoke run)")
+    parser.add_argument("--only", choices=["optimize", "evaluate", "serve"], help="run one part (its rows only)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "programs.json")
     args = parser.parse_args()
     rounds = 1 if args.quick else 3
@@ -225,13 +370,15 @@ def main() -> None:
             try:
                 for pool in ("retrieval", "retrieval2"):
                     orch.submit(pool, "corpus_build", name="pydocs", docs=corpus()).result(timeout=600)
-                opt = measure_optimize(orch, rounds, console)
-                ev = measure_evaluate(orch, rounds, console)
+                parts = [args.only] if args.only else ["optimize", "evaluate", "serve"]
+                opt = measure_optimize(orch, rounds, console) if "optimize" in parts else None
+                ev = measure_evaluate(orch, rounds, console) if "evaluate" in parts else None
+                serve = measure_serving(orch, namespace, rounds, console, Path(tmp)) if "serve" in parts else None
             finally:
                 orch.shutdown(drain_s=5.0)
     finally:
         ray.shutdown()
-    show(opt, ev, console)
+    show(opt, ev, serve, console)
     report = {
         "benchmark": "programs",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -244,10 +391,12 @@ def main() -> None:
             "optimize": "dspy.MIPROv2(...).compile of examples.rag.program.RAG in the driver, PoolLM('light/tiny') "
             "under dspy.JSONAdapter, the same PoolRetriever corpus, budget, seed and rows",
             "evaluate": "the same evaluate job on one light and one retrieval actor",
+            "serve": "the RAG class called by 8 threads in the driver: PoolLM('light/tiny'), the same corpus",
         },
-        "goals": {"optimize_ratio_max": GOAL},
+        "goals": {"optimize_ratio_max": GOAL, "serve_ratio_min": SERVE_GOAL},
         "optimize": opt,
         "evaluate": ev,
+        "serve": serve,
     }
     write_report(args.out, report)
     console.print(f"wrote {args.out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 import uuid
@@ -152,6 +153,46 @@ def events_killing_once(
             kill_and_wait_restart(orch, pool, pid)
     assert killed, "the job ended before the event to kill at"
     return events, pid
+
+
+LINE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape() -> str:
+    """The local node's metrics export (what Prometheus scrapes), as text."""
+    import httpx
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of the series ``name`` whose labels include ``labels`` (over workers and nodes)."""
+    total = 0.0
+    for line in text.splitlines():
+        match = LINE.match(line)
+        if match and match.group(1) == name:
+            found = dict(LABEL.findall(match.group(2)))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += float(match.group(3))
+    return total
+
+
+def log_lines(marker: str, count: int = 1, timeout: float = 30.0) -> list[str]:
+    """The pool actors' log lines (Ray's worker log files) holding ``marker``, once there are ``count``."""
+    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+
+    def lines() -> list[str] | None:
+        found = [
+            line
+            for path in logs.glob("worker-*")
+            for line in path.read_text(errors="replace").splitlines()
+            if marker in line
+        ]
+        return found if len(found) >= count else None
+
+    return list(wait_until(lines, timeout=timeout, what=f"log lines holding {marker!r} in the actors' log files"))
 
 
 def free_port() -> int:

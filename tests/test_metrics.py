@@ -12,35 +12,24 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import ray
 
 import orchestrator
 from orchestrator.errors import InvalidArguments
-from tests.conftest import ROOT, GatewayProcess, Start, actors, kill_and_wait_restart, toolbox, wait_until
-
-LINE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def scrape() -> str:
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the series ``name`` whose labels include ``labels`` (over workers and nodes)."""
-    total = 0.0
-    for line in text.splitlines():
-        match = LINE.match(line)
-        if match and match.group(1) == name:
-            found = dict(LABEL.findall(match.group(2)))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(match.group(3))
-    return total
+from tests.conftest import (
+    ROOT,
+    GatewayProcess,
+    Start,
+    actors,
+    kill_and_wait_restart,
+    log_lines,
+    scrape,
+    toolbox,
+    value,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +116,7 @@ def test_log_lines_name_pool_actor_op_and_job(orch: orchestrator.Orchestrator) -
     assert job.result(timeout=60) is None
     session = orch.session("mt")
     session.call("log", message=marker + "-session", level="warning")
-    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
-
-    def lines() -> list[str] | None:
-        found = [
-            line
-            for path in logs.glob("worker-*")
-            for line in path.read_text(errors="replace").splitlines()
-            if marker in line
-        ]
-        return found if len(found) >= 2 else None
-
-    found = wait_until(lines, timeout=30, what="the op's log lines in the actor's log file")
+    found = log_lines(marker, 2)
     in_job = next(line for line in found if not line.endswith("-session"))
     assert "pool=mt actor=mt-0" in in_job and "op=log" in in_job and f"job={job.id}" in in_job, in_job
     assert " INFO " in in_job and "tests.kit: " in in_job and "call=" in in_job

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,20 @@ import httpx
 import pytest
 
 import orchestrator
+from orchestrator.cli.render import status_table
 from orchestrator.client import AsyncClient, Client
-from tests.conftest import ROOT, GatewayProcess, Start, actors, kill_pid, retrieval_pool, wait_until
+from tests.conftest import (
+    ROOT,
+    GatewayProcess,
+    Start,
+    actors,
+    kill_pid,
+    log_lines,
+    retrieval_pool,
+    scrape,
+    value,
+    wait_until,
+)
 from tests.kit.oracle import MAGIC
 
 pytest.importorskip("dspy", reason="the heavy and programs pools need dspy: pip install -e '.[heavy]'")
@@ -232,6 +245,29 @@ def test_a_stream_sends_a_status_event_per_module_then_the_outputs(
     assert kind == "result" and last["result"]["outputs"]["answer"] == versions[1] and last["result"]["version"] == 1
 
 
+def test_runs_are_counted_timed_and_logged_per_version_and_status_shows_what_each_actor_holds(
+    orch: orchestrator.Orchestrator, versions: dict[int, str]
+) -> None:
+    marker = f"What is 7 plus {uuid.uuid4().int % 10**9}?"
+    orch.run_program("rag", {"question": marker}, version=2)
+    wait_until(
+        lambda: (
+            value(scrape(), "ray_orchestrator_program_runs_total", program="rag", version="2", outcome="ok") >= 1
+            and value(scrape(), "ray_orchestrator_program_run_seconds_count", program="rag", version="2") >= 1
+        ),
+        30,
+        "version 2's runs in the metrics export",
+    )
+    lines = log_lines("program=rag version=2")
+    assert any("pool=programs actor=programs-" in line and "op=run" in line for line in lines), lines[:3]
+    both = wait_until(  # both actors hold both versions (status reads them at each health ping)
+        lambda: (table := status_table([orch.status()["programs"]])).count("rag v1,2 live 1") == 2 and table,
+        10,
+        "both actors' loaded versions in orchestrator status",
+    )
+    assert "holds" in both
+
+
 def test_bad_input_is_a_4xx_naming_the_field_and_registers_nothing(
     orch: orchestrator.Orchestrator, http: httpx.Client, versions: dict[int, str], job_id: str
 ) -> None:
@@ -262,6 +298,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_registers_nothing(
             "program.init.kk",
         ),
         ("POST", "/v1/programs", {"name": "../x", "program": {"class": CLASS}}, 422, "name"),
+        ("POST", "/v1/programs", {"name": "rag", "program": {"class": CLASS}, "model": "oracle/nope"}, 422, "model"),
+        ("POST", "/v1/programs", {"name": "rag", "program": {"class": CLASS}, "model": "nopool/x"}, 422, "model"),
         ("POST", "/v1/programs", {"name": "rag"}, 422, "program"),
         ("POST", "/v1/programs/rag/run", {}, 422, "question"),
         ("POST", "/v1/programs/rag/run", {"question": QUESTION, "colour": "red"}, 422, "colour"),

@@ -72,7 +72,7 @@ class Coordinator:
         self.files = FileTable(self.store, self.config.files)
         self.pool_calls = PoolCalls(self.store, self.pools, self.supervisor.recycle)
         self.supervisor.replay = self.pool_calls.replay
-        self.programs = ProgramRegistry(self.store, self.pool_call, self.get_job)
+        self.programs = ProgramRegistry(self.store, self.pools.keys(), self.pool_calls, self.get_job)
         self.autoscaler = Autoscaler(
             self.pools,
             lambda pool: len(self.jobs.queues.get(pool, ())),

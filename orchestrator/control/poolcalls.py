@@ -78,6 +78,15 @@ class PoolCalls:
         await asyncio.gather(*(self._call(pool, slot, op, args) for slot in late))  # became ready meanwhile
         return results[0]
 
+    async def one(self, pool_name: str, op: str, args: dict[str, Any]) -> Any:
+        """Run ``op`` on one ready actor of the pool (a check before a pool-wide call); its result, or a Failure."""
+        pool = self.pools.get(pool_name)
+        slots = [slot for slot in pool.slots if slot.state == "ready"] if pool is not None else []
+        if pool is None or not slots:
+            message = f"no pool {pool_name!r}" if pool is None else f"no ready actor in pool {pool_name!r}"
+            return Failure(PoolUnavailable(message, pool=pool_name, op=op).to_dict())
+        return await self._call(pool, slots[0], op, args)
+
     async def replay(self, pool: PoolState, slot: ActorSlot) -> None:
         """Give a starting actor the pool's remembered calls (again if they changed meanwhile)."""
         while True:

@@ -2,23 +2,24 @@
 
 A version is ``{class, init, state, digest, model, score, job_id, created}`` (or a signature program's
 ``{signature, module, instructions, state, ...}``), stored in the store's ``programs`` table, so it survives
-the coordinator's death and restarts on the same ``state_dir``. Registering one runs the programs pool's
-pool-wide ``program_load`` first (remembered: actors that start later load every version before they take
-calls): every actor imports the class from the deployed code, builds it and loads the state, so a class
-that does not import or a state that does not fit is refused (the actor's 4xx, naming the field) and
-nothing is registered. Promoting runs the remembered ``program_live`` on every actor, then moves the live
-pointer. Versions are numbered under one lock per coordinator, so two registrations never share a number.
+the coordinator's death and restarts on the same ``state_dir``. Registering one first has one programs actor
+check it (``program_check``: the class imports from deployed code, builds, its state fits, the model is
+served), refusing it with the actor's 4xx naming the field, so nothing is registered; then runs the
+pool-wide ``program_load`` (remembered: actors that start later load every version before they take calls).
+Promoting runs the remembered ``program_live`` on every actor, then moves the live pointer. Versions are
+numbered under one lock per coordinator, so two registrations never share a number.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+from orchestrator.control.poolcalls import PoolCalls
 from orchestrator.control.store import Store
-from orchestrator.errors import InvalidArguments, ProgramNotFound
+from orchestrator.errors import InvalidArguments, PoolNotFound, ProgramNotFound
 from orchestrator.types import Failure
 
 PROGRAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
@@ -35,11 +36,13 @@ class ProgramRegistry:
     def __init__(
         self,
         store: Store,
-        pool_call: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
+        pools: Collection[str],
+        calls: PoolCalls,
         get_job: Callable[[str], Any],
     ) -> None:
         self.store = store
-        self.pool_call = pool_call  # (pool, op, args): a pool-wide call, remembered per the op's @op
+        self.pools = pools  # the configured pools' names (a live view)
+        self.calls = calls  # one actor's check, then the pool-wide (remembered) load
         self.get_job = get_job
         self.lock = asyncio.Lock()
 
@@ -52,6 +55,8 @@ class ProgramRegistry:
         model: Any = None,
     ) -> Any:
         """A new version of ``name`` from ``program`` or a finished optimize job: ``{"name", "version", "live"}``."""
+        if pool not in self.pools:
+            return self._no_pool(pool)
         if not isinstance(name, str) or not PROGRAM_NAME.fullmatch(name):
             return invalid("name", f"{name!r} is not a program name (a letter or digit, then up to 63 of: _ . -)")
         if (program is None) == (job_id is None):
@@ -74,18 +79,20 @@ class ProgramRegistry:
             model if model is not None else program.get("model") or job_model
         )  # the override, the result's, the job's
         spec = {k: v for k, v in program.items() if k not in ("digest", "model")}  # what the actors build
+        checked = await self.calls.one(pool, "program_check", {"program": spec, "model": bound})
+        if isinstance(checked, Failure):
+            return checked
         async with self.lock:
             version = await asyncio.to_thread(self.store.next_program_version, name)
-            answer = await self.pool_call(
-                pool, "program_load", {"name": name, "version": version, "program": spec, "model": bound}
-            )
+            args = {"name": name, "version": version, "program": spec, "model": bound}
+            answer = await self.calls.run(pool, "program_load", args)
             if isinstance(answer, Failure):
                 return answer
             _, live = await asyncio.to_thread(self.store.program_versions, name)
-            record = {**spec, "digest": answer.get("digest"), "model": bound, **source}
-            record |= {key: answer.get(key) for key in ("inputs", "required", "predictors")}
+            record = {**spec, "model": bound, **source}
+            record |= {key: checked.get(key) for key in ("digest", "inputs", "required", "predictors")}
             if live is None:  # a program's first version is live at once
-                answer = await self.pool_call(pool, "program_live", {"name": name, "version": version})
+                answer = await self.calls.run(pool, "program_live", {"name": name, "version": version})
                 if isinstance(answer, Failure):
                     return answer
             await asyncio.to_thread(self.store.add_program_version, name, version, record, live is None)
@@ -139,6 +146,8 @@ class ProgramRegistry:
 
     async def promote(self, pool: str, name: str, version: Any) -> Any:
         """Make ``version`` live (rolling back is promoting an older one): ``{"name", "live", "previous"}``."""
+        if pool not in self.pools:
+            return self._no_pool(pool)
         if isinstance(version, bool) or not isinstance(version, int):
             return invalid("version", f"expected a version number, got {version!r}")
         async with self.lock:
@@ -146,8 +155,13 @@ class ProgramRegistry:
             if isinstance(found, Failure):
                 return found
             _, previous = await asyncio.to_thread(self.store.program_versions, name)
-            answer = await self.pool_call(pool, "program_live", {"name": name, "version": version})
+            answer = await self.calls.run(pool, "program_live", {"name": name, "version": version})
             if isinstance(answer, Failure):
                 return answer
             await asyncio.to_thread(self.store.set_live_program, name, version)
         return {"name": name, "live": version, "previous": previous}
+
+    def _no_pool(self, pool: str) -> Failure:
+        known = ", ".join(sorted(self.pools)) or "none"
+        message = f"no pool {pool!r} serves programs (pools: {known}): add one with worker workers.programs:Programs"
+        return Failure(PoolNotFound(message, pool=pool).to_dict())

@@ -27,12 +27,14 @@ from typing import Any
 
 from orchestrator import Worker, metrics, op
 from orchestrator.contract.paths import deployed_packages
+from orchestrator.dataplane.handles import current
 from orchestrator.dataplane.programs import check_inputs
 from orchestrator.dspy import lm_for
 from orchestrator.errors import ProgramNotFound
 from orchestrator.runtime import logs
 from workers.heavy import programs
 from workers.heavy.programs import Endpoint, Program, dspy
+from workers.heavy.worker import check_models
 
 log = logging.getLogger("workers.programs")
 
@@ -76,23 +78,31 @@ class Programs(Worker):
                 loaded.setdefault(name, []).append(version)
             return {"programs": {name: {"versions": v, "live": self.live.get(name)} for name, v in loaded.items()}}
 
-    # ------------------------------------------------------------- the registry's pool-wide ops
+    # ------------------------------------------------------------- the registry's ops
+    @op(idempotent=True)
+    def program_check(self, program: Program, model: str | Endpoint | None = None) -> dict[str, Any]:
+        """What the registry asks one actor before it registers a version: the class imports from deployed code,
+        builds and has predictors, the state fits, the model (``model``, the program's, else ``options.model``)
+        is served. Returns its digest, ``forward``'s inputs (and the required ones) and its predictors."""
+        loaded = programs.load(program, self.allowed)
+        check_models({"model": model or loaded.program.model or self.model}, current)
+        predictors = [name for name, _ in loaded.make().named_predictors()]
+        inputs, required = list(loaded.inputs), list(loaded.required)
+        return {"digest": loaded.digest, "inputs": inputs, "required": required, "predictors": predictors}
+
     @op(remember="program:{name}:{version}", idempotent=True)
     def program_load(
         self, name: str, version: int, program: Program, model: str | Endpoint | None = None
     ) -> dict[str, Any]:
         """Build version ``version`` of ``name`` here (the registry calls it on every actor, now and on later
-        ones): the class imports from deployed code, its state fits. Returns its digest, inputs, predictors."""
+        ones, after ``program_check``), ready to run."""
         loaded = programs.load(program, self.allowed)
         module = loaded.build()
         chosen = model or loaded.program.model or self.model
         lm = lm_for(chosen if isinstance(chosen, str) else chosen.model_dump(exclude_none=True), None, "model")
-        served = Version(name, version, loaded, module, lm, _names(module))
         with self.lock:
-            self.versions[(name, version)] = served
-        predictors = [n for n, _ in module.named_predictors()]
-        inputs, required = list(loaded.inputs), list(loaded.required)
-        return {"digest": loaded.digest, "inputs": inputs, "required": required, "predictors": predictors}
+            self.versions[(name, version)] = Version(name, version, loaded, module, lm, _names(module))
+        return {"name": name, "version": version}
 
     @op(remember="live:{name}", idempotent=True)
     def program_live(self, name: str, version: int) -> dict[str, Any]:
