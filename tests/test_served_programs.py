@@ -44,12 +44,19 @@ pytest.importorskip("sentence_transformers", reason="the retrieval extra is not 
 CLASS = "examples.rag.program:RAG"
 QUESTION = "What is 2 plus 3?"
 PLAIN = "Answer the question from the context."
+RUNS = 24
 
 
 def pools() -> dict[str, Any]:
     small = {"num_cpus": 0.25}
     return {
         "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small, "limits": {"concurrency": 64}},
+        "slow": {
+            "worker": "tests.kit.oracle:Oracle",
+            "resources": small,
+            "limits": {"concurrency": 64},
+            "options": {"task_delay_s": 0.5},
+        },
         "retrieval": retrieval_pool(),
         "heavy": {
             "worker": "workers.heavy:Heavy",
@@ -313,32 +320,38 @@ def test_bad_input_is_a_4xx_naming_the_field_and_registers_nothing(
         error = response.json()["error"]
         fields = [d.get("field") for d in error.get("detail") or []]
         assert named in (error["code"], *fields) or named in error["message"], (path, body, error)
-    assert orch.program("rag") == before and [p["name"] for p in orch.programs()] == ["rag"]
+    assert orch.program("rag") == before and [p["name"] for p in orch.programs()] == ["rag"]  # nothing registered
     assert orch.call("oracle", "calls")["task"] >= 0  # the oracle still answers (nothing above reached it)
 
 
 def test_a_killed_actor_is_replaced_with_every_version_and_runs_in_flight_are_retried(
     orch: orchestrator.Orchestrator, versions: dict[int, str]
 ) -> None:
+    # a version bound to the slow oracle (each answer takes 0.5 s): the kill lands while runs are in flight
     magic = next(v for v, answer in versions.items() if answer == "5")
+    state = next(v for v in orch.program("rag", states=True)["versions"] if v["version"] == magic)
+    program = {"class": CLASS, "init": state["init"], "state": state["state"]}
+    assert orch.register_program("slow-rag", program=program, model="slow/oracle")["version"] == 1
     victim = actors(orch, "programs")[0]
     results: list[Any] = []
 
     def one(i: int) -> None:
         try:
-            results.append((i, orch.run_program("rag", {"question": f"What is {i} plus 1?"}, version=magic)))
+            results.append((i, orch.run_program("slow-rag", {"question": f"What is {i} plus 1?"})))
         except Exception as exc:
             results.append((i, exc))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(RUNS)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: next(a for a in actors(orch, "programs") if a["name"] == victim["name"])["running"], 20, "busy")
+    wait_until(lambda: orch.call("slow", "calls")["task"] >= RUNS // 2, 30, "the runs to reach the slow oracle")
     kill_pid(victim["pid"])
     for thread in threads:
         thread.join(120)
-    assert sorted(i for i, r in results if not isinstance(r, Exception)) == list(range(24)), results
+    assert sorted(i for i, r in results if not isinstance(r, Exception)) == list(range(RUNS)), results
     assert all(r["outputs"]["answer"] == str(i + 1) for i, r in results)
+    # two LM calls per run; more than that: the runs the kill cut short ran again on the other actor
+    assert orch.call("slow", "calls")["task"] > 2 * RUNS
     replaced = wait_until(
         lambda: next(
             (
@@ -352,7 +365,10 @@ def test_a_killed_actor_is_replaced_with_every_version_and_runs_in_flight_are_re
         "the replacement actor",
     )
     assert replaced["restarts"] > victim["restarts"]
-    assert replaced["holds"]["programs"] == {"rag": {"versions": [1, 2], "live": 1}}
+    loaded = {"rag": {"versions": [1, 2], "live": 1}, "slow-rag": {"versions": [1], "live": 1}}
+    assert replaced["holds"]["programs"] == loaded
+    with_version = orch.run_program("slow-rag", {"question": "What is 4 plus 4?"})
+    assert with_version["outputs"]["answer"] == "8"
 
 
 def test_everything_restarted_on_the_same_state_dir_comes_back(
@@ -362,5 +378,6 @@ def test_everything_restarted_on_the_same_state_dir_comes_back(
     again = start_orchestrator(pools(), base_dir=ROOT, code=["examples"], state_dir=str(state_dir))
     shown = again.program("rag")
     assert shown["live"] == 1 and [v["version"] for v in shown["versions"]] == [1, 2]
+    assert [(p["name"], p["live"], p["versions"]) for p in again.programs()] == [("rag", 1, 2), ("slow-rag", 1, 1)]
     assert again.run_program("rag", {"question": QUESTION})["outputs"]["answer"] == versions[1]
     assert again.run_program("rag", {"question": QUESTION}, version=2)["outputs"]["answer"] == versions[2]

@@ -50,6 +50,13 @@ class Version:
     lm: Any
     names: dict[int, str]  # id(predictor or module) -> its name in the program ("respond.predict", "retrieve")
 
+    def trace_flag(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The inputs without a boolean ``"trace"`` key, and its value (unless ``forward`` takes ``trace``)."""
+        flag = inputs.get("trace")
+        if not isinstance(flag, bool) or "trace" in self.loaded.inputs:
+            return inputs, False
+        return {k: v for k, v in inputs.items() if k != "trace"}, flag
+
     def check(self, inputs: dict[str, Any], where: str = "") -> None:
         """Every required input of ``forward`` given and nothing else (before any LM call)."""
         what = self.loaded.program.class_ or "the signature"
@@ -120,14 +127,9 @@ class Programs(Worker):
         ``{"name", "version", "outputs"}``, with ``trace`` each predictor's ``{"predictor", "inputs", "outputs"}``.
         ``trace`` None: a boolean ``"trace"`` key of ``inputs`` is the flag, unless ``forward`` takes ``trace``."""
         served = self._version(name, version)
-        if trace is None:
-            flag = inputs.get("trace")
-            taken = isinstance(flag, bool) and "trace" not in served.loaded.inputs
-            trace = bool(flag) and taken
-            if taken:
-                inputs = {k: v for k, v in inputs.items() if k != "trace"}
+        inputs, flag = served.trace_flag(inputs)
         served.check(inputs)
-        return self._run(served, inputs, trace)
+        return self._run(served, inputs, flag if trace is None else trace)
 
     @op(idempotent=True)
     def run_many(
@@ -149,6 +151,7 @@ class Programs(Worker):
         """``run`` as a stream: ``{"status": ..., "module": ...}`` as each module starts (DSPy's ``streamify``
         status messages), then returns ``{"name", "version", "outputs"}``."""
         served = self._version(name, version)
+        inputs, _ = served.trace_flag(inputs)  # a stream's events are its trace
         served.check(inputs)
         streamed = dspy.streamify(served.module, status_message_provider=_Status(served.names), async_streaming=False)
         started = time.perf_counter()
