@@ -67,6 +67,12 @@ def retrieval_pool() -> dict[str, Any]:
     }
 
 
+def heavy_pool(model: str = "oracle/oracle", **overrides: Any) -> dict[str, Any]:
+    """A one-actor heavy pool in this venv whose task model is ``model`` (the oracle by default)."""
+    pool = {"worker": "workers.heavy:Heavy", "env_manager": "none", "resources": {"num_cpus": 0.25}}
+    return {**pool, "options": {"model": model}, **overrides}
+
+
 def toolbox(size: int = 1, **overrides: Any) -> dict[str, Any]:
     """A Toolbox pool spec with small resources."""
     spec: dict[str, Any] = {

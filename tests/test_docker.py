@@ -112,6 +112,18 @@ def test_image_runs_orchestrator_as_a_non_root_user(dockerfile: str) -> None:
     assert {"8000", "8265", "6379"} <= exposed
 
 
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_image_holds_the_code_pools_yaml_ships(dockerfile: str) -> None:
+    """pools.yaml's ``code:`` packages must be in the app folder: ``up`` refuses to start without them."""
+    code = yaml.safe_load((DOCKER.parent / "pools.yaml").read_text()).get("code") or []
+    builder = instructions(dockerfile, stage=-2)
+    workdir = [args for word, args in builder if word == "WORKDIR"][-1]
+    copied = {args.split()[-1].rstrip("/") for word, args in builder if word == "COPY"}
+    assert workdir.endswith("/app") and code, (workdir, code)
+    missing = [package for package in code if package not in copied]
+    assert not missing, f"{dockerfile} does not copy {missing} (pools.yaml's code:) into {workdir}"
+
+
 def test_build_context_leaves_out_local_state() -> None:
     ignored = (DOCKER.parent / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".orchestrator"} <= set(ignored)

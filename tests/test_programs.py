@@ -18,7 +18,7 @@ import pytest
 import orchestrator
 from orchestrator import errors
 from orchestrator.config import parse_config
-from tests.conftest import ROOT, Start, actors, events_killing_once, retrieval_pool
+from tests.conftest import ROOT, Start, actors, events_killing_once, heavy_pool, retrieval_pool
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("optuna", reason="the heavy pool needs optuna: pip install -e '.[heavy]'")
@@ -105,13 +105,7 @@ def orch(start_orchestrator: Start, code_dir: Path) -> orchestrator.Orchestrator
         {
             "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small, "options": oracle},
             "retrieval": retrieval_pool(),
-            "heavy": {
-                "worker": "workers.heavy:Heavy",
-                "env_manager": "none",
-                "resources": small,
-                "health": {"period_s": 0.5, "timeout_s": 10},
-                "options": {"model": "oracle/oracle"},
-            },
+            "heavy": heavy_pool(health={"period_s": 0.5, "timeout_s": 10}),
         },
         base_dir=code_dir,
         code=["myprog"],

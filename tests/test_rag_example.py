@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import orchestrator
-from tests.conftest import ROOT, Start, retrieval_pool
+from tests.conftest import ROOT, Start, heavy_pool, retrieval_pool
 
 pytest.importorskip("dspy", reason="the heavy pool needs dspy: pip install -e '.[heavy]'")
 pytest.importorskip("sentence_transformers", reason="the retrieval extra is not installed")
@@ -22,12 +22,7 @@ def orch(start_orchestrator: Start) -> orchestrator.Orchestrator:
         {
             "oracle": {"worker": "tests.kit.oracle:Oracle", "resources": small},
             "retrieval": retrieval_pool(),
-            "heavy": {
-                "worker": "workers.heavy:Heavy",
-                "env_manager": "none",
-                "resources": small,
-                "options": {"model": "oracle/oracle"},
-            },
+            "heavy": heavy_pool(),
         },
         base_dir=ROOT,
         code=["examples"],

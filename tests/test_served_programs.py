@@ -29,6 +29,7 @@ from tests.conftest import (
     GatewayProcess,
     Start,
     actors,
+    heavy_pool,
     kill_pid,
     log_lines,
     retrieval_pool,
@@ -58,12 +59,7 @@ def pools() -> dict[str, Any]:
             "options": {"task_delay_s": 0.5},
         },
         "retrieval": retrieval_pool(),
-        "heavy": {
-            "worker": "workers.heavy:Heavy",
-            "env_manager": "none",
-            "resources": small,
-            "options": {"model": "oracle/oracle"},
-        },
+        "heavy": heavy_pool(),
         "programs": {
             "worker": "workers.programs:Programs",
             "env_manager": "none",
@@ -324,6 +320,24 @@ def test_bad_input_is_a_4xx_naming_the_field_and_registers_nothing(
     assert orch.call("oracle", "calls")["task"] >= 0  # the oracle still answers (nothing above reached it)
 
 
+def test_a_signature_program_from_its_optimize_job_is_served(
+    orch: orchestrator.Orchestrator, http: httpx.Client, versions: dict[int, str]
+) -> None:
+    rows = json.loads((ROOT / "examples" / "arith.json").read_text())[:6]
+    budget = {"num_trials": 3, "num_candidates": 2, "max_bootstrapped_demos": 0, "max_labeled_demos": 0}
+    job = orch.submit("heavy", "optimize", program={"signature": "question -> answer"}, trainset=rows, optimizer=budget)
+    assert job.result(timeout=300)["score"] == 1.0
+    registered = http.post("/v1/programs", json={"name": "adder", "job_id": job.id})
+    assert registered.status_code == 201 and registered.json()["version"] == 1, registered.text
+    version = orch.program("adder", states=True)["versions"][0]
+    assert version["signature"] == "question -> answer" and version["digest"] is None
+    assert "MAGIC" in version["state"]["signature"]["instructions"]  # the job's optimized instruction
+    answered = http.post("/v1/programs/adder/run", json={"question": "What is 20 plus 22?"})
+    assert answered.json()["outputs"] == {"answer": "42"}, answered.text
+    missing = http.post("/v1/programs/adder/run", json={"query": "What is 1 plus 1?"})
+    assert missing.status_code == 422 and missing.json()["error"]["detail"][0]["field"] == "query", missing.text
+
+
 def test_a_killed_actor_is_replaced_with_every_version_and_runs_in_flight_are_retried(
     orch: orchestrator.Orchestrator, versions: dict[int, str]
 ) -> None:
@@ -365,7 +379,8 @@ def test_a_killed_actor_is_replaced_with_every_version_and_runs_in_flight_are_re
         "the replacement actor",
     )
     assert replaced["restarts"] > victim["restarts"]
-    loaded = {"rag": {"versions": [1, 2], "live": 1}, "slow-rag": {"versions": [1], "live": 1}}
+    loaded = {name: {"versions": [1], "live": 1} for name in ("adder", "slow-rag")}
+    loaded["rag"] = {"versions": [1, 2], "live": 1}
     assert replaced["holds"]["programs"] == loaded
     with_version = orch.run_program("slow-rag", {"question": "What is 4 plus 4?"})
     assert with_version["outputs"]["answer"] == "8"
@@ -378,6 +393,7 @@ def test_everything_restarted_on_the_same_state_dir_comes_back(
     again = start_orchestrator(pools(), base_dir=ROOT, code=["examples"], state_dir=str(state_dir))
     shown = again.program("rag")
     assert shown["live"] == 1 and [v["version"] for v in shown["versions"]] == [1, 2]
-    assert [(p["name"], p["live"], p["versions"]) for p in again.programs()] == [("rag", 1, 2), ("slow-rag", 1, 1)]
+    listed = [(p["name"], p["live"], p["versions"]) for p in again.programs()]
+    assert listed == [("adder", 1, 1), ("rag", 1, 2), ("slow-rag", 1, 1)]
     assert again.run_program("rag", {"question": QUESTION})["outputs"]["answer"] == versions[1]
     assert again.run_program("rag", {"question": QUESTION}, version=2)["outputs"]["answer"] == versions[2]
