@@ -163,13 +163,20 @@ class Store:
 
     def add_program_version(self, name: str, version: int, record: dict[str, Any], live: bool) -> None:
         """Store an immutable program version (and make it live, in the same commit, when ``live``)."""
-        with self.lock, self.db:
-            self.db.execute(
-                "INSERT INTO programs (name, version, record, created) VALUES (?, ?, ?, ?)",
-                (name, version, json.dumps(record), time.time()),
-            )
-            if live:
-                self.db.execute("INSERT OR REPLACE INTO program_live (name, version) VALUES (?, ?)", (name, version))
+        with self.lock:
+            self.db.execute("BEGIN")  # autocommit connection: one explicit transaction for both rows
+            try:
+                self.db.execute(
+                    "INSERT INTO programs (name, version, record, created) VALUES (?, ?, ?, ?)",
+                    (name, version, json.dumps(record), time.time()),
+                )
+                if live:
+                    sql = "INSERT OR REPLACE INTO program_live (name, version) VALUES (?, ?)"
+                    self.db.execute(sql, (name, version))
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def set_live_program(self, name: str, version: int) -> None:
         """Make ``version`` the one program ``name`` runs by default."""
