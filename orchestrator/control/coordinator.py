@@ -65,6 +65,7 @@ class Coordinator:
         self.tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop only keeps weak ones
         self.loop_task: asyncio.Task[None] | None = None
         self.expired_at = 0.0
+        self.expiring = False  # a retention pass is running (one at a time, off the loop's step)
         self.routing_table = RoutingTable(self.pools, lambda pool: self.session_table.owned_slots(pool))
         self.session_table = SessionTable(self.pools, self.store, self.routing_table)
         self.supervisor = Supervisor(self.config, self.pools, self.routing_table, self.session_table, self.spawn)
@@ -173,14 +174,21 @@ class Coordinator:
             await _guarded("session reaping", self.session_table.reap())
             try:
                 self.jobs.dispatch()
-                if time.monotonic() - self.expired_at > EXPIRE_EVERY_S:
+                if time.monotonic() - self.expired_at > EXPIRE_EVERY_S and not self.expiring:
                     self.expired_at = time.monotonic()
-                    self.jobs.expire()
+                    self.spawn(self._expire())
             except Exception:
                 log.exception("job dispatch failed")
             await asyncio.sleep(TICK_S)
 
     # ------------------------------------------------------ actor reports
+    async def _expire(self) -> None:
+        self.expiring = True
+        try:
+            await self.jobs.expire()
+        finally:
+            self.expiring = False
+
     async def report_recycle(self, pool_name: str, index: int, gen: int, reason: str) -> None:
         """An actor passed max_memory or max_calls: replace it after its current calls."""
         await self._booted()

@@ -52,6 +52,7 @@ from orchestrator.errors import (
 from orchestrator.types import RECYCLING, Batch, Checkpoint, Failure, Final, job_key
 
 FINISHED = ("succeeded", "failed", "cancelled")
+EXPIRE_BATCH = 500  # finished jobs retention drops per store transaction
 # Unread batches Ray holds per job run. Few: while the coordinator is busy, the op's events gather into
 # the next batch (up to BATCH_MAX each) instead of hundreds of small objects it must read one by one.
 JOB_OBJECTS = 4
@@ -223,8 +224,8 @@ class JobRunner:
 
     def recover(self) -> int:
         """Queue the unfinished jobs a previous coordinator left in the store (resumed from checkpoints)."""
-        unfinished = [j for j in self.store.list_jobs(limit=1_000_000) if j["status"] not in FINISHED]
-        for job in sorted(unfinished, key=lambda j: j["created"]):
+        unfinished = self.store.unfinished_jobs()
+        for job in unfinished:
             if job["pool"] in self.host.pools:
                 self.store.update_job(job["id"], status="retrying" if job["attempts"] else "queued")
                 self.logged[job["id"]] = job["events"]
@@ -403,9 +404,16 @@ class JobRunner:
         """Jobs by pool and status."""
         return self.store.count_jobs()
 
-    def expire(self) -> int:
-        """Retention: forget finished jobs older than ``jobs.retention_s``."""
-        return self.store.delete_jobs_before(time.time() - self.options.retention_s)
+    async def expire(self) -> int:
+        """Retention: forget finished jobs older than ``jobs.retention_s``, ``EXPIRE_BATCH`` per transaction on a
+        worker thread, yielding between batches: the coordinator keeps answering while a large history goes."""
+        cutoff, dropped = time.time() - self.options.retention_s, 0
+        while True:
+            n = await asyncio.to_thread(self.store.delete_jobs_before, cutoff, EXPIRE_BATCH)
+            dropped += n
+            if n < EXPIRE_BATCH:
+                return dropped
+            await asyncio.sleep(0)
 
     async def _notify(self) -> None:
         async with self.changed:

@@ -34,7 +34,9 @@ from typing import Any
 
 from orchestrator.types import job_key
 
-SCHEMA_VERSION = 4  # 2: jobs and job_events; 3: pool_calls (and files); 4: programs and program_live
+SCHEMA_VERSION = 5  # 2: jobs and job_events; 3: pool_calls (and files); 4: programs and program_live;
+# 5: job_counts (kept by triggers) and the indexes that keep listing, boot and retention off full scans
+ACTIVE = ("queued", "running", "retrying")  # a job's statuses before it finishes
 INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
 
 _SCHEMA = """
@@ -43,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, pool TEXT NOT NULL, slot INTEGER NOT NULL,
     created REAL NOT NULL, ttl_s REAL, closed REAL, close_reason TEXT
 );
+CREATE INDEX IF NOT EXISTS open_sessions ON sessions (created) WHERE closed IS NULL;
 CREATE TABLE IF NOT EXISTS checkpoints (
     key TEXT PRIMARY KEY, blob BLOB, path TEXT, updated REAL NOT NULL
 );
@@ -52,6 +55,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL, started REAL, finished REAL, result BLOB, error TEXT, events INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, pool);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
+CREATE INDEX IF NOT EXISTS jobs_by_pool ON jobs (pool, created);
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_counts (
+    pool TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pool, status)
+);
+CREATE TRIGGER IF NOT EXISTS job_counted AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_counts (pool, status, n) VALUES (NEW.pool, NEW.status, 1)
+    ON CONFLICT (pool, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS job_recounted AFTER UPDATE OF status ON jobs WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE pool = OLD.pool AND status = OLD.status;
+    INSERT INTO job_counts (pool, status, n) VALUES (NEW.pool, NEW.status, 1)
+    ON CONFLICT (pool, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS job_uncounted AFTER DELETE ON jobs BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE pool = OLD.pool AND status = OLD.status;
+END;
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (job_id, seq)
@@ -92,6 +113,9 @@ class Store:
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.dir}: store schema {row[0]} is newer than this orchestrator ({SCHEMA_VERSION})")
         else:  # older schemas only lack tables, which the script above just created
+            if int(row[0]) < 5:  # job_counts starts from one count of the jobs already there
+                self.db.execute("DELETE FROM job_counts")
+                self.db.execute("INSERT INTO job_counts SELECT pool, status, COUNT(*) FROM jobs GROUP BY pool, status")
             self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def put_checkpoint(self, key: str, blob: bytes) -> None:
@@ -285,10 +309,20 @@ class Store:
             ).fetchall()
         return [_job(row) for row in rows]
 
+    def unfinished_jobs(self) -> list[dict[str, Any]]:
+        """Jobs queued, running or waiting to retry, oldest first (what a restarted coordinator resumes): read
+        through ``jobs_by_status``, so a boot costs what is active, not the history."""
+        marks = ",".join("?" * len(ACTIVE))
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created", ACTIVE
+            ).fetchall()
+        return [_job(row) for row in rows]
+
     def count_jobs(self) -> dict[str, dict[str, int]]:
         """Jobs by pool, then by status."""
-        with self.lock:
-            rows = self.db.execute("SELECT pool, status, COUNT(*) FROM jobs GROUP BY pool, status").fetchall()
+        with self.lock:  # kept by the job_count triggers: no scan of the jobs
+            rows = self.db.execute("SELECT pool, status, n FROM job_counts WHERE n > 0").fetchall()
         counts: dict[str, dict[str, int]] = {}
         for pool, status, n in rows:
             counts.setdefault(pool, {})[status] = n
@@ -329,18 +363,26 @@ class Store:
             ).fetchall()
         return [(seq, pickle.loads(data)) for seq, data in rows]
 
-    def delete_jobs_before(self, finished_before: float) -> int:
-        """Retention: drop finished jobs (and their events and checkpoints) older than a time."""
+    def delete_jobs_before(self, finished_before: float, limit: int = 500) -> int:
+        """Retention: drop at most ``limit`` finished jobs older than a time (oldest first), with their events,
+        in one transaction, then their checkpoints; the number dropped (``limit`` means: call again)."""
         with self.lock:
             ids = [
                 r[0]
                 for r in self.db.execute(
-                    "SELECT id FROM jobs WHERE finished IS NOT NULL AND finished<?", (finished_before,)
+                    "SELECT id FROM jobs WHERE finished IS NOT NULL AND finished<? ORDER BY finished LIMIT ?",
+                    (finished_before, limit),
                 )
             ]
-            for job_id in ids:
-                self.db.execute("DELETE FROM job_events WHERE job_id=?", (job_id,))
-                self.db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            if ids:
+                self.db.execute("BEGIN")
+                try:
+                    self.db.executemany("DELETE FROM job_events WHERE job_id=?", [(i,) for i in ids])
+                    self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
         for job_id in ids:
             self.delete_checkpoint(job_key(job_id))
         return len(ids)

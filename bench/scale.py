@@ -1,0 +1,231 @@
+"""The control plane's cost as history grows: the same operations on an empty store and on one holding
+100k finished jobs (with their events), 10k closed sessions and 1k files, with many sessions open.
+
+Run from the repository root (with the project's venv active):
+
+    python bench/scale.py            # 100k jobs, 10k closed sessions, 1k files, 1k open sessions
+    python bench/scale.py --quick    # 20k jobs, 2k closed sessions, 200 files, 200 open sessions
+
+One local Ray (4 logical CPUs). Each side is an in-process orchestrator with the ``demo`` pool (one actor,
+num_cpus 0.25, sessions checkpointed ``after_call``) on its own ``state_dir``: ``empty``, and ``full``,
+whose store is filled directly (SQLite rows and file bytes, as the store writes them) before it starts,
+then gets its open sessions. On each side, p50 over many tries: a job submit, a job's status, the first
+page (100) of the job listing, opening a session, a session call (checkpointed after the call) next to a
+plain call, ``status()``; the coordinator's RSS; and its boot (SIGKILL, then until it answers again).
+Goals (issue "The control plane's cost stays flat"): full / empty <= 1.25 for each operation, RSS <= 1.1x,
+boot <= 2 s, a checkpointed session call <= 2x a plain call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orchestrator  # noqa: E402
+from bench.common import machine, write_report  # noqa: E402
+from orchestrator.config import parse_config  # noqa: E402
+from orchestrator.control.store import Store  # noqa: E402
+
+RATIO_GOAL = 1.25
+TRIES = 40
+
+
+def fill(state_dir: Path, jobs: int, sessions: int, files: int) -> None:
+    """History written straight into the store: finished jobs with two events each, closed sessions, files."""
+    Store(state_dir).close()  # the schema
+    db = sqlite3.connect(state_dir / "orchestrator.db")
+    now = time.time() - 3600
+    args, result = pickle.dumps({"n": 1}), pickle.dumps({"trials": 1, "started_from": 0})
+    db.executemany(
+        "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, attempts, created, started, finished,"
+        " result, error, events) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            (
+                f"job-old{i:08d}",
+                "demo",
+                "trials",
+                args,
+                None,
+                "succeeded",
+                3,
+                1,
+                now + i * 1e-3,
+                now,
+                now,
+                result,
+                None,
+                2,
+            )
+            for i in range(jobs)
+        ),
+    )
+    event = pickle.dumps({"trial": 0})
+    db.executemany(
+        "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
+        ((f"job-old{i:08d}", seq, event, now) for i in range(jobs) for seq in (1, 2)),
+    )
+    db.executemany(
+        "INSERT INTO sessions (id, pool, slot, created, ttl_s, closed, close_reason) VALUES (?,?,?,?,?,?,?)",
+        ((f"old-{i:08d}", "demo", 0, now, None, now, "closed by client") for i in range(sessions)),
+    )
+    (state_dir / "files").mkdir(exist_ok=True)
+    for i in range(files):
+        (state_dir / "files" / f"file-old{i:06d}").write_bytes(b'{"prompt": "a", "completion": "b"}\n')
+    db.executemany(
+        "INSERT INTO files (id, filename, purpose, bytes, created, path) VALUES (?,?,?,?,?,?)",
+        ((f"file-old{i:06d}", "old.jsonl", "fine-tune", 35, now, f"files/file-old{i:06d}") for i in range(files)),
+    )
+    db.commit()
+    db.close()
+
+
+def p50_ms(action: Callable[[], Any], tries: int = TRIES) -> float:
+    samples = []
+    for _ in range(tries):
+        start = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def coordinator_pid(orch: orchestrator.Orchestrator) -> int:
+    return int(ray.get(orch.coordinator.__ray_call__.remote(lambda self: os.getpid())))
+
+
+def measure(orch: orchestrator.Orchestrator, open_sessions: int, console: Console, side: str) -> dict[str, Any]:
+    held = [orch.session("demo") for _ in range(open_sessions)]
+    console.print(f"{side}: {open_sessions} sessions open")
+    job = orch.submit("demo", "trials", n=1)
+    job.result(timeout=60)
+    out: dict[str, Any] = {}
+    out["job_submit_ms"] = p50_ms(lambda: orch.submit("demo", "trials", n=1))
+    out["job_status_ms"] = p50_ms(lambda: orch.job(job.id).status())
+    out["job_list_page_ms"] = p50_ms(lambda: ray.get(orch.coordinator.list_jobs.remote(None, None, 100)))
+
+    def open_close() -> None:
+        orch.session("demo").close()
+
+    out["session_open_ms"] = p50_ms(open_close)
+    with orch.session("demo") as session:
+        out["session_call_ms"] = p50_ms(lambda: session.call("incr"), tries=TRIES * 2)
+    out["plain_call_ms"] = p50_ms(lambda: orch.call("demo", "add", a=1, b=2), tries=TRIES * 2)
+    out["status_ms"] = p50_ms(orch.status, tries=TRIES // 2)
+    pid = coordinator_pid(orch)
+    out["coordinator_rss_mb"] = psutil.Process(pid).memory_info().rss / 2**20
+    os.kill(pid, signal.SIGKILL)
+    start = time.perf_counter()
+    while True:
+        try:
+            orch.status()
+            break
+        except Exception:  # the coordinator is restarting: Ray retries, or the call fails meanwhile
+            time.sleep(0.05)
+    out["boot_s"] = time.perf_counter() - start
+    for session in held:
+        session.close()
+    console.print(f"{side}: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    return out
+
+
+def pools() -> dict[str, Any]:
+    return {
+        "demo": {
+            "worker": "workers.demo:Demo",
+            "resources": {"num_cpus": 0.25},
+            "limits": {"concurrency": 16, "queue": 1024},
+            "sessions": {"per_worker": 0, "checkpoint": "after_call", "idle_timeout_s": 3600},
+        }
+    }
+
+
+def run_side(state_dir: Path, open_sessions: int, console: Console, side: str) -> dict[str, Any]:
+    namespace = f"scale-{side}-{uuid.uuid4().hex[:6]}"
+    data = {"ray": {"namespace": namespace}, "state_dir": str(state_dir), "pools": pools()}
+    orch = orchestrator.start(parse_config(data, source="bench/scale.py", base_dir=ROOT))
+    try:
+        return measure(orch, open_sessions, console, side)
+    finally:
+        orch.shutdown(drain_s=2.0)
+
+
+def show(empty: dict[str, Any], full: dict[str, Any], sizes: dict[str, int], console: Console) -> list[dict[str, Any]]:
+    title = f"control plane: empty store vs {sizes['jobs']:,} jobs, {sizes['closed_sessions']:,} closed sessions"
+    table = Table(title=f"{title}, {sizes['files']:,} files, {sizes['open_sessions']:,} open sessions")
+    for column in ("measure", "empty", "full", "ratio", "goal"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    rows = []
+    for key in empty:
+        goal = "<= 2 s" if key == "boot_s" else ("<= 1.1" if key.endswith("rss_mb") else f"<= {RATIO_GOAL}")
+        ratio = full[key] / empty[key] if empty[key] else float("nan")
+        rows.append({"measure": key, "empty": empty[key], "full": full[key], "ratio": ratio, "goal": goal})
+        table.add_row(key, f"{empty[key]:.2f}", f"{full[key]:.2f}", f"{ratio:.2f}", goal)
+    checkpointed = full["session_call_ms"] / full["plain_call_ms"]
+    table.add_row("session call / plain call (full)", "", "", f"{checkpointed:.2f}", "<= 2")
+    rows.append({"measure": "session_call_over_plain_call", "ratio": checkpointed, "goal": "<= 2"})
+    console.print(table)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller history (a smoke run)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    args = parser.parse_args()
+    if args.quick:
+        sizes = {"jobs": 20_000, "closed_sessions": 2_000, "files": 200, "open_sessions": 200}
+    else:
+        sizes = {"jobs": 100_000, "closed_sessions": 10_000, "files": 1_000, "open_sessions": 1_000}
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="scale")
+    try:
+        with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+            empty_dir, full_dir = Path(tmp) / "empty", Path(tmp) / "full"
+            empty_dir.mkdir()
+            full_dir.mkdir()
+            start = time.perf_counter()
+            fill(full_dir, sizes["jobs"], sizes["closed_sessions"], sizes["files"])
+            console.print(f"filled the store in {time.perf_counter() - start:.1f} s")
+            empty = run_side(empty_dir, sizes["open_sessions"], console, "empty")
+            full = run_side(full_dir, sizes["open_sessions"], console, "full")
+    finally:
+        ray.shutdown()
+    rows = show(empty, full, sizes, console)
+    report = {
+        "benchmark": "scale",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "duration_s": time.perf_counter() - started,
+        "machine": machine(ray_num_cpus=4, loadavg_before=load_before, loadavg_after=os.getloadavg()),
+        "sizes": sizes,
+        "anchor": "the same operations on an empty store in the same run (open sessions on both sides)",
+        "empty": empty,
+        "full": full,
+        "rows": rows,
+    }
+    write_report(args.out, report)
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
