@@ -160,3 +160,37 @@ def test_async_sdk_jobs(gateway: GatewayProcess) -> None:
 
     seqs, result, code = asyncio.run(main())
     assert seqs == list(range(1, 9)) and result == {"total": 6, "started_from": 0} and code == "job_not_found"
+
+
+def test_the_job_listing_walks_in_pages_over_http_the_sdk_and_the_cli(
+    orch: orchestrator.Orchestrator, gateway: GatewayProcess
+) -> None:
+    import subprocess
+    import sys
+
+    from orchestrator.client import Client
+    from tests.conftest import ROOT
+
+    ids = {orch.submit("jobs", "trials", n=1).id for _ in range(250)}
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        first = http.get("/v1/jobs", params={"pool": "jobs", "limit": 100}).json()
+        assert len(first["jobs"]) == 100 and first["has_more"] and first["last_id"] == first["jobs"][-1]["id"]
+        bad = http.get("/v1/jobs", params={"after": "job-nope"})
+        assert bad.status_code == 422 and bad.json()["error"]["detail"][0]["field"] == "after", bad.text
+    seen: list[str] = []
+    with Client(gateway.url) as client:
+        after = None
+        while True:
+            page = client.jobs(pool="jobs", limit=100, after=after)
+            seen += [job["id"] for job in page]
+            orch.submit("jobs", "trials", n=1)  # submitted during the walk: before its start, never in a page
+            if len(page) < 100:
+                break
+            after = page[-1]["id"]
+    assert len(seen) == len(set(seen)) and ids <= set(seen), (len(seen), len(ids - set(seen)))
+    command = [sys.executable, "-m", "orchestrator", "jobs", "list", "--pool", "jobs", "--limit", "2", "--json"]
+    listed = subprocess.run(
+        [*command, "--after", seen[0], "--url", gateway.url], capture_output=True, text=True, cwd=ROOT
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [job["id"] for job in json.loads(listed.stdout)] == seen[1:3]

@@ -87,6 +87,24 @@ def test_retention_drops_expired_jobs_in_batches_and_nothing_else(tmp_path: Path
     assert store.count_jobs() == {"p": {"succeeded": 1, "running": 1}}
 
 
+def test_a_walk_in_pages_sees_every_job_once_while_jobs_are_added(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    start = time.time() - 100
+    for i in range(250):  # ten share each timestamp: the id orders ties
+        store.put_job(job(f"j{i:03d}", created=start + i // 10))
+    seen: list[str] = []
+    after = None
+    while True:
+        page = store.list_jobs(limit=100, after=after)
+        seen += [j["id"] for j in page]
+        store.put_job(job(f"new{len(seen)}"))  # submitted during the walk: newer than every page's start
+        if len(page) < 100:
+            break
+        after = page[-1]["id"]
+    assert seen == sorted((f"j{i:03d}" for i in range(250)), key=lambda i: (int(i[1:]) // 10, i), reverse=True)
+    assert [j["id"] for j in store.list_jobs(limit=2, after="j005")] == ["j004", "j003"]
+
+
 def test_listing_boot_and_retention_queries_use_indexes(tmp_path: Path) -> None:
     store = Store(tmp_path)
     db = sqlite3.connect(tmp_path / "orchestrator.db")
@@ -94,12 +112,15 @@ def test_listing_boot_and_retention_queries_use_indexes(tmp_path: Path) -> None:
     def plan(sql: str, *params: Any) -> str:
         return " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
 
-    listing = plan("SELECT id FROM jobs ORDER BY created DESC LIMIT 100")
-    by_pool = plan("SELECT id FROM jobs WHERE pool=? ORDER BY created DESC LIMIT 100", "p")
+    listing = plan("SELECT id FROM jobs ORDER BY created DESC, id DESC LIMIT 100")
+    page = "WHERE (created < ? OR (created = ? AND id < ?)) ORDER BY created DESC, id DESC LIMIT 100"
+    after = plan(f"SELECT id FROM jobs {page}", 1.0, 1.0, "x")
+    by_pool = plan("SELECT id FROM jobs WHERE pool=? ORDER BY created DESC, id DESC LIMIT 100", "p")
     active = plan("SELECT id FROM jobs WHERE status IN ('queued', 'running', 'retrying') ORDER BY created")
     expired = plan("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished<? ORDER BY finished LIMIT 5", 1.0)
     sessions = plan("SELECT id FROM sessions WHERE closed IS NULL ORDER BY created")
     assert "jobs_by_created" in listing and "TEMP B-TREE" not in listing, listing
+    assert "jobs_by_created" in after and "TEMP B-TREE" not in after, after
     assert "jobs_by_pool" in by_pool and "TEMP B-TREE" not in by_pool, by_pool
     assert "jobs_by_status" in active, active
     assert "jobs_by_finished" in expired, expired

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--pool", default=None)
     listing.add_argument("--status", default=None, help="queued|running|retrying|succeeded|failed|cancelled")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument("--limit", type=int, default=None, help="at most this many (default 100)")
+    listing.add_argument("--after", default=None, help="the page after this job id (the last one listed)")
     add_command(jobs_sub, "cancel", cmd_jobs_cancel).add_argument("job_id")
     result = add_command(jobs_sub, "result", cmd_jobs_result)
     result.add_argument("job_id")

@@ -59,7 +59,7 @@ def cmd_jobs_watch(args: argparse.Namespace) -> int:
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     """List jobs (newest first)."""
     with open_client(args) as client:
-        jobs = client.jobs(pool=args.pool, status=args.status)
+        jobs = client.jobs(pool=args.pool, status=args.status, limit=args.limit, after=args.after)
     say(as_json(jobs, indent=2) if args.json else jobs_table(jobs))
     return 0
 

@@ -312,9 +312,13 @@ class BaseClient(Generic[StreamT, SessionT, RetrievalT, JobT]):
         return self.job_class(self, dict((yield from self._get("v1", "jobs", job_id))))
 
     @operation
-    def jobs(self, pool: str | None = None, status: str | None = None) -> Steps[list[dict[str, Any]]]:
-        """Jobs, newest first (of one pool, in one status, or all)."""
-        params = {k: v for k, v in (("pool", pool), ("status", status)) if v}
+    def jobs(
+        self, pool: str | None = None, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> Steps[list[dict[str, Any]]]:
+        """Jobs, newest first (of one pool, in one status, or all): one page of at most ``limit`` (the gateway's
+        default 100), after job ``after`` (the last id of the previous page) when given."""
+        given = (("pool", pool), ("status", status), ("limit", limit), ("after", after))
+        params = {k: v for k, v in given if v is not None}
         return list((yield from self._get("v1", "jobs", params=params, key="jobs")))
 
     @operation

@@ -250,9 +250,11 @@ class Coordinator:
         """One job's record."""
         return self.jobs.get(job_id)
 
-    def list_jobs(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Jobs, newest first."""
-        return self.jobs.list(pool, status, limit)
+    def list_jobs(
+        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+    ) -> Any:
+        """Jobs, newest first (a page after job ``after`` when given)."""
+        return self.jobs.list(pool, status, limit, after)
 
     async def job_events(self, job_id: str, after: int = 0, wait_s: float = 0.0) -> Any:
         """Logged events after a sequence number (long poll)."""

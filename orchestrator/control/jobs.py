@@ -373,9 +373,16 @@ class JobRunner:
         job["progress"] = run.progress if run else None
         return job
 
-    def list(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Jobs, newest first."""
-        return self.store.list_jobs(pool, status, limit)
+    def list(
+        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+    ) -> Any:
+        """Jobs, newest first; after job ``after`` when given (a Failure naming ``after`` if there is no such job)."""
+        try:
+            return self.store.list_jobs(pool, status, limit, after)
+        except KeyError:
+            message = f"no job {after} to list after (a job id from the previous page)"
+            error = InvalidArguments(f"after: {message}", detail=[{"field": "after", "message": message}])
+            return Failure(error.to_dict())
 
     async def events(self, job_id: str, after: int = 0, wait_s: float = 0.0, limit: int = 1000) -> Any:
         """Logged events after ``after`` (waiting up to ``wait_s`` for one), and whether the job is over.

@@ -55,8 +55,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL, started REAL, finished REAL, result BLOB, error TEXT, events INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, pool);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
-CREATE INDEX IF NOT EXISTS jobs_by_pool ON jobs (pool, created);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
+CREATE INDEX IF NOT EXISTS jobs_by_pool ON jobs (pool, created, id);
 CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
 CREATE TABLE IF NOT EXISTS job_counts (
     pool TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pool, status)
@@ -293,9 +293,21 @@ class Store:
             row = cursor.fetchone()
         return _job(row) if row else None
 
-    def list_jobs(self, pool: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Jobs, newest first, optionally of one pool and/or status."""
-        where, params = [], []
+    def list_jobs(
+        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs, newest first (ties by id), optionally of one pool and/or status; with ``after`` (a job id), those
+        that come after it in that order: a page of a walk that jobs submitted meanwhile never shift. KeyError
+        when ``after`` names no job."""
+        where: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            with self.lock:
+                found = self.db.execute("SELECT created FROM jobs WHERE id=?", (after,)).fetchone()
+            if found is None:
+                raise KeyError(after)
+            where.append("(created < ? OR (created = ? AND id < ?))")
+            params += [found[0], found[0], after]
         if pool is not None:
             where.append("pool=?")
             params.append(pool)
@@ -305,7 +317,7 @@ class Store:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self.lock:
             rows = self.db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY created DESC LIMIT ?", (*params, limit)
+                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY created DESC, id DESC LIMIT ?", (*params, limit)
             ).fetchall()
         return [_job(row) for row in rows]
 

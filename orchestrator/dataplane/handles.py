@@ -238,9 +238,12 @@ class Orchestrator:
         unwrap(ray.get(self.coordinator.get_job.remote(job_id)))
         return Job(self, job_id)
 
-    def jobs(self, pool: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        """Jobs, newest first, optionally of one pool and/or status."""
-        return list(ray.get(self.coordinator.list_jobs.remote(pool, status)))
+    def jobs(
+        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs, newest first, optionally of one pool and/or status: at most ``limit``, after job ``after``
+        (the last id of the previous page) when given."""
+        return list(unwrap(ray.get(self.coordinator.list_jobs.remote(pool, status, limit, after))))
 
     # ---------------------------------------------------------------- files
     def upload_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:

@@ -45,9 +45,12 @@ def router(orch: Orchestrator) -> APIRouter:
         pool: str | None = Query(None, description="Only this pool's jobs."),
         status: str | None = Query(None, description="Only jobs in this state."),
         limit: int = Query(100, ge=1, le=10_000, description="At most this many, newest first."),
+        after: str | None = Query(None, description="The last job id of the previous page: the page after it."),
     ) -> dict[str, Any]:
-        """Jobs, newest first."""
-        return {"jobs": [_job_json(job) for job in await orch.coordinator.list_jobs.remote(pool, status, limit)]}
+        """Jobs, newest first, a page at a time: ``{"jobs", "has_more", "last_id"}`` (pass ``after=last_id``)."""
+        jobs = unwrap(await orch.coordinator.list_jobs.remote(pool, status, limit + 1, after))
+        page = [_job_json(job) for job in jobs[:limit]]
+        return {"jobs": page, "has_more": len(jobs) > limit, "last_id": page[-1]["id"] if page else None}
 
     @router.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
