@@ -75,9 +75,8 @@ class ProgramRegistry:
         if not isinstance(program, dict):
             return invalid("program", "a JSON object: {class, init, state} or {signature, module, state}")
         job_model = source.pop("model", None)
-        bound = (
-            model if model is not None else program.get("model") or job_model
-        )  # the override, the result's, the job's
+        # the model it calls: the override, else the one the result is bound to, else the job's task model
+        bound = model if model is not None else (program.get("model") or job_model)
         spec = {k: v for k, v in program.items() if k not in ("digest", "model")}  # what the actors build
         checked = await self.calls.one(pool, "program_check", {"program": spec, "model": bound})
         if isinstance(checked, Failure):
