@@ -8,10 +8,12 @@ Run from the repository root (with the project's venv active):
 
 One local Ray (4 logical CPUs). Each side is an in-process orchestrator with the ``demo`` pool (one actor,
 num_cpus 0.25, sessions checkpointed ``after_call``) on its own ``state_dir``: ``empty``, and ``full``,
-whose store is filled directly (SQLite rows and file bytes, as the store writes them) before it starts,
-then gets its open sessions. On each side, p50 over many tries: a job submit, a job's status, the first
-page (100) of the job listing, opening a session, a session call (checkpointed after the call) next to a
-plain call, ``status()``; the coordinator's RSS; and its boot (SIGKILL, then until it answers again).
+whose store is filled directly (SQLite rows and file bytes, as the store writes them) before it starts;
+both run at once and get the same open sessions and 100 recent jobs. Each operation is timed on the two
+sides in turn, three rounds in alternating order (the best p50 of each side): a job submit, a job's
+status, the first page (100) of the job listing, opening a session, a session call (checkpointed after
+the call) next to a plain call, ``status()``; the coordinator's RSS; and its boot (SIGKILL, then until
+it answers again).
 Goals (issue "The control plane's cost stays flat"): full / empty <= 1.25 for each operation, RSS <= 1.1x,
 boot <= 2 s, a checkpointed session call <= 2x a plain call.
 """
@@ -47,6 +49,7 @@ from orchestrator.control.store import Store  # noqa: E402
 
 RATIO_GOAL = 1.25
 TRIES = 40
+ROUNDS = 3
 
 
 def fill(state_dir: Path, jobs: int, sessions: int, files: int) -> None:
@@ -111,26 +114,36 @@ def coordinator_pid(orch: orchestrator.Orchestrator) -> int:
     return int(ray.get(orch.coordinator.__ray_call__.remote(lambda self: os.getpid())))
 
 
-def measure(orch: orchestrator.Orchestrator, open_sessions: int, console: Console, side: str) -> dict[str, Any]:
+def prepare(orch: orchestrator.Orchestrator, open_sessions: int) -> tuple[list[Any], str]:
+    """The side's open sessions, and a full first page of recent jobs (both sides list 100 of them)."""
     held = [orch.session("demo") for _ in range(open_sessions)]
-    console.print(f"{side}: {open_sessions} sessions open")
-    job = orch.submit("demo", "trials", n=1)
-    job.result(timeout=60)
-    out: dict[str, Any] = {}
-    out["job_submit_ms"] = p50_ms(lambda: orch.submit("demo", "trials", n=1))
-    out["job_status_ms"] = p50_ms(lambda: orch.job(job.id).status())
-    out["job_list_page_ms"] = p50_ms(lambda: ray.get(orch.coordinator.list_jobs.remote(None, None, 100)))
+    jobs = [orch.submit("demo", "trials", n=1) for _ in range(100)]
+    for job in jobs:
+        job.result(timeout=60)
+    return held, jobs[-1].id
+
+
+def operations(orch: orchestrator.Orchestrator, job_id: str, session: Any) -> dict[str, tuple[Callable[[], Any], int]]:
+    """What is timed on each side, with how many tries."""
 
     def open_close() -> None:
         orch.session("demo").close()
 
-    out["session_open_ms"] = p50_ms(open_close)
-    with orch.session("demo") as session:
-        out["session_call_ms"] = p50_ms(lambda: session.call("incr"), tries=TRIES * 2)
-    out["plain_call_ms"] = p50_ms(lambda: orch.call("demo", "add", a=1, b=2), tries=TRIES * 2)
-    out["status_ms"] = p50_ms(orch.status, tries=TRIES // 2)
+    return {
+        "job_submit_ms": (lambda: orch.submit("demo", "trials", n=1), TRIES),
+        "job_status_ms": (lambda: orch.job(job_id).status(), TRIES),
+        "job_list_page_ms": (lambda: ray.get(orch.coordinator.list_jobs.remote(None, None, 100)), TRIES),
+        "session_open_ms": (open_close, TRIES),
+        "session_call_ms": (lambda: session.call("incr"), TRIES * 2),
+        "plain_call_ms": (lambda: orch.call("demo", "add", a=1, b=2), TRIES * 2),
+        "status_ms": (orch.status, TRIES // 2),
+    }
+
+
+def coordinator_figures(orch: orchestrator.Orchestrator) -> dict[str, float]:
+    """The coordinator's RSS, then its boot: SIGKILL it and time until it answers again (Ray restarts it)."""
     pid = coordinator_pid(orch)
-    out["coordinator_rss_mb"] = psutil.Process(pid).memory_info().rss / 2**20
+    rss = psutil.Process(pid).memory_info().rss / 2**20
     os.kill(pid, signal.SIGKILL)
     start = time.perf_counter()
     while True:
@@ -139,10 +152,28 @@ def measure(orch: orchestrator.Orchestrator, open_sessions: int, console: Consol
             break
         except Exception:  # the coordinator is restarting: Ray retries, or the call fails meanwhile
             time.sleep(0.05)
-    out["boot_s"] = time.perf_counter() - start
-    for session in held:
-        session.close()
-    console.print(f"{side}: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    return {"coordinator_rss_mb": rss, "boot_s": time.perf_counter() - start}
+
+
+def measure(sides: dict[str, orchestrator.Orchestrator], open_sessions: int, console: Console) -> dict[str, Any]:
+    """Each operation on both sides in turn, ROUNDS times (the order alternating): the best p50 of each side."""
+    held, ops = {}, {}
+    for side, orch in sides.items():
+        held[side], job_id = prepare(orch, open_sessions)
+        ops[side] = operations(orch, job_id, orch.session("demo"))
+        console.print(f"{side}: {open_sessions} sessions open")
+    out: dict[str, dict[str, float]] = {side: {} for side in sides}
+    for r in range(ROUNDS):
+        for name in ops["empty"]:
+            for side in sides if r % 2 == 0 else reversed(sides):
+                action, tries = ops[side][name]
+                value = p50_ms(action, tries)
+                out[side][name] = min(out[side].get(name, value), value)
+    for side, orch in sides.items():
+        out[side] |= coordinator_figures(orch)
+        for session in held[side]:
+            session.close()
+        console.print(f"{side}: " + ", ".join(f"{k} {v:.2f}" for k, v in out[side].items()))
     return out
 
 
@@ -152,19 +183,15 @@ def pools() -> dict[str, Any]:
             "worker": "workers.demo:Demo",
             "resources": {"num_cpus": 0.25},
             "limits": {"concurrency": 16, "queue": 1024},
-            "sessions": {"per_worker": 0, "checkpoint": "after_call", "idle_timeout_s": 3600},
+            "sessions": {"per_worker": 0, "checkpoint": "after_call", "idle_timeout_s": 3600, "max_open": 100_000},
         }
     }
 
 
-def run_side(state_dir: Path, open_sessions: int, console: Console, side: str) -> dict[str, Any]:
+def start_side(state_dir: Path, side: str) -> orchestrator.Orchestrator:
     namespace = f"scale-{side}-{uuid.uuid4().hex[:6]}"
     data = {"ray": {"namespace": namespace}, "state_dir": str(state_dir), "pools": pools()}
-    orch = orchestrator.start(parse_config(data, source="bench/scale.py", base_dir=ROOT))
-    try:
-        return measure(orch, open_sessions, console, side)
-    finally:
-        orch.shutdown(drain_s=2.0)
+    return orchestrator.start(parse_config(data, source="bench/scale.py", base_dir=ROOT))
 
 
 def show(empty: dict[str, Any], full: dict[str, Any], sizes: dict[str, int], console: Console) -> list[dict[str, Any]]:
@@ -206,8 +233,13 @@ def main() -> None:
             start = time.perf_counter()
             fill(full_dir, sizes["jobs"], sizes["closed_sessions"], sizes["files"])
             console.print(f"filled the store in {time.perf_counter() - start:.1f} s")
-            empty = run_side(empty_dir, sizes["open_sessions"], console, "empty")
-            full = run_side(full_dir, sizes["open_sessions"], console, "full")
+            sides = {"empty": start_side(empty_dir, "empty"), "full": start_side(full_dir, "full")}
+            try:
+                out = measure(sides, sizes["open_sessions"], console)
+            finally:
+                for orch in sides.values():
+                    orch.shutdown(drain_s=2.0)
+            empty, full = out["empty"], out["full"]
     finally:
         ray.shutdown()
     rows = show(empty, full, sizes, console)
