@@ -60,6 +60,20 @@ def test_session_survives_sigkill_with_after_call_checkpoint(orch: orchestrator.
     session.close()
 
 
+def test_after_call_means_a_kill_right_after_any_answer_loses_nothing(orch: orchestrator.Orchestrator) -> None:
+    """What the README promises for ``after_call``: once a call has answered, its state is stored; a call that
+    changed nothing stores nothing new (the checkpoint before it already holds that state)."""
+    session = orch.session("durable")
+    assert session.call("incr", by=7) == 7
+    assert session.call("incr", by=0) == 7  # changed nothing
+    kill_and_wait_restart(orch, "durable", session.call("whoami")["pid"])  # SIGKILL right after the answers
+    assert session.call("incr", by=0) == 7
+    assert session.call("incr", by=1) == 8
+    kill_and_wait_restart(orch, "durable", session.call("whoami")["pid"])
+    assert session.call("incr", by=0) == 8
+    session.close()
+
+
 def test_session_lost_without_checkpoint(orch: orchestrator.Orchestrator) -> None:
     session = orch.session("fragile")
     assert session.call("incr") == 1

@@ -319,7 +319,7 @@ class WorkerHost:
         if state is not None:
             ctx.state = state
         if session is not None:
-            ctx._checkpoint = lambda obj: self._save_checkpoint(session_key(session), obj)
+            ctx._checkpoint = lambda obj: self._checkpoint_session(session, obj)
         ctx._orchestrator = self._in_cluster
         if call_id:
             self.running[call_id] = ctx
@@ -340,8 +340,16 @@ class WorkerHost:
             yield Final(run_op(self.worker, spec, args, ctx, self._event_loop))
 
     def _after_session_call(self, session: str | None) -> None:
-        if session is not None and self.checkpoint_mode == "after_call":
-            self._save_checkpoint(session_key(session), self.sessions[session].state)
+        """``after_call``: store the session's state before the call answers, unless it is the state this actor
+        already stored (a call that changed nothing costs no store write: the checkpoint already holds it)."""
+        if session is None or self.checkpoint_mode != "after_call":
+            return
+        slot = self.sessions[session]
+        blob = pickle.dumps(slot.state)
+        digest = hashlib.blake2b(blob, digest_size=16).digest()
+        if digest != slot.saved:
+            self._put_checkpoint(session_key(session), blob)
+            slot.saved = digest
 
     def _after_call(self, admitted: bool) -> None:
         if not admitted:
@@ -364,10 +372,18 @@ class WorkerHost:
         self.recycling = reason
         self._coordinator_handle().report_recycle.remote(self.pool, self.slot, self.gen, reason)
 
-    def _save_checkpoint(self, key: str, obj: Any) -> None:
+    def _checkpoint_session(self, session: str, obj: Any) -> None:
+        """An op's own ``ctx.checkpoint()`` in a session: stored at once; what the store holds is then unknown to
+        ``_after_session_call``, which stores the state again after the call."""
+        slot = self.sessions.get(session)
+        if slot is not None:
+            slot.saved = None
+        self._put_checkpoint(session_key(session), pickle.dumps(obj))
+
+    def _put_checkpoint(self, key: str, blob: bytes) -> None:
         # The coordinator's methods are retried by Ray across its restarts: while it is down this
         # waits, and the call reports success only once the checkpoint is stored.
-        ray.get(self._coordinator_handle().put_checkpoint.remote(key, pickle.dumps(obj)))
+        ray.get(self._coordinator_handle().put_checkpoint.remote(key, blob))
 
     def _coordinator_handle(self) -> Any:
         if self._coordinator is None:

@@ -24,6 +24,7 @@ class SessionSlot:
     restored: bool = False  # after a restore, a caller's first call sets its sequence
     busy: bool = False
     last_used: float = field(default_factory=time.time)
+    saved: bytes | None = None  # digest of the state this actor last stored as the session's checkpoint
 
 
 class Turn:
