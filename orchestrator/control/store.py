@@ -1,9 +1,9 @@
 """The durable store: SQLite (WAL) in ``state_dir``.
 
 One small interface over one file: session records, checkpoints, jobs and
-their event logs, uploaded files. Large checkpoints go to files under
+their event logs, uploaded files, program versions. Large checkpoints go to files under
 ``state_dir/checkpoints`` and uploaded files to ``state_dir/files/<id>``, with
-only their path in the database. The schema carries a version and is
+only their path in the database. The schema (``tables.py``) carries a version and is
 created on first use.
 
 Job records and events are read on a third connection, so readers never wait for a commit's fsync.
@@ -32,65 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.control.tables import SCHEMA, SCHEMA_VERSION
 from orchestrator.types import job_key
 
-SCHEMA_VERSION = 5  # 2: jobs and job_events; 3: pool_calls (and files); 4: programs and program_live;
-# 5: job_counts (kept by triggers) and the indexes that keep listing, boot and retention off full scans
 ACTIVE = ("queued", "running", "retrying")  # a job's statuses before it finishes
 INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, pool TEXT NOT NULL, slot INTEGER NOT NULL,
-    created REAL NOT NULL, ttl_s REAL, closed REAL, close_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS open_sessions ON sessions (created) WHERE closed IS NULL;
-CREATE TABLE IF NOT EXISTS checkpoints (
-    key TEXT PRIMARY KEY, blob BLOB, path TEXT, updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, pool TEXT NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL, session TEXT,
-    status TEXT NOT NULL, max_retries INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL, started REAL, finished REAL, result BLOB, error TEXT, events INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, pool);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_pool ON jobs (pool, created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
-CREATE TABLE IF NOT EXISTS job_counts (
-    pool TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pool, status)
-);
-CREATE TRIGGER IF NOT EXISTS job_counted AFTER INSERT ON jobs BEGIN
-    INSERT INTO job_counts (pool, status, n) VALUES (NEW.pool, NEW.status, 1)
-    ON CONFLICT (pool, status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS job_recounted AFTER UPDATE OF status ON jobs WHEN OLD.status IS NOT NEW.status BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE pool = OLD.pool AND status = OLD.status;
-    INSERT INTO job_counts (pool, status, n) VALUES (NEW.pool, NEW.status, 1)
-    ON CONFLICT (pool, status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS job_uncounted AFTER DELETE ON jobs BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE pool = OLD.pool AND status = OLD.status;
-END;
-CREATE TABLE IF NOT EXISTS job_events (
-    job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, time REAL NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-CREATE TABLE IF NOT EXISTS pool_calls (
-    pool TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (pool, key)
-);
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL,
-    created REAL NOT NULL, path TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS programs (
-    name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL, created REAL NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS program_live (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
-"""
 
 
 class Store:
@@ -101,7 +47,7 @@ class Store:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.db = _connect(self.dir / "orchestrator.db", "FULL")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(SCHEMA)
         self.events_db = _connect(self.dir / "orchestrator.db", "NORMAL")
         # Jobs and their events are read on a connection of their own: WAL lets a reader go on while a
         # group commit is syncing, so job readers never wait for the writer's fsync.
