@@ -322,9 +322,13 @@ class BaseClient(Generic[StreamT, SessionT, RetrievalT, JobT]):
         return list((yield from self._get("v1", "jobs", params=params, key="jobs")))
 
     @operation
-    def sessions(self, pool: str | None = None) -> Steps[list[dict[str, Any]]]:
-        """Open sessions (of one pool, or all)."""
-        return list((yield from self._get("v1", "sessions", params={"pool": pool} if pool else None, key="sessions")))
+    def sessions(
+        self, pool: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> Steps[list[dict[str, Any]]]:
+        """Open sessions, newest first (of one pool, or all): one page of at most ``limit`` (default: all),
+        after session ``after`` (the last id of the previous page) when given."""
+        params = {k: v for k, v in (("pool", pool), ("limit", limit), ("after", after)) if v is not None}
+        return list((yield from self._get("v1", "sessions", params=params, key="sessions")))
 
     # ------------------------------------------------------------- programs
     @operation

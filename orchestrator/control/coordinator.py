@@ -227,10 +227,12 @@ class Coordinator:
         await self._booted()
         return self.session_table.get(session_id)
 
-    async def list_sessions(self, pool_name: str | None = None) -> list[dict[str, Any]]:
-        """Open sessions, optionally of one pool."""
+    async def list_sessions(
+        self, pool_name: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> Any:
+        """Open sessions, newest first, optionally of one pool (a page after session ``after`` when given)."""
         await self._booted()
-        return self.session_table.list(pool_name)
+        return self.session_table.list(pool_name, limit, after)
 
     # ------------------------------------------------------------- routing
     async def routing(self, known_version: int = -1, wait_s: float = 0.0) -> dict[str, Any] | None:
@@ -272,9 +274,9 @@ class Coordinator:
         """Check and store an uploaded file; its OpenAI file object (or a Failure naming what is wrong)."""
         return await asyncio.to_thread(self.files.put, filename, purpose, data)
 
-    def list_files(self, purpose: str | None = None) -> Any:
-        """File objects, newest first (of one purpose when given)."""
-        return self.files.list(purpose)
+    def list_files(self, purpose: str | None = None, limit: int = -1, after: str | None = None) -> Any:
+        """File objects, newest first (of one purpose when given; a page after file ``after`` when given)."""
+        return self.files.list(purpose, limit, after)
 
     def get_file(self, file_id: str) -> Any:
         """One file object (or a Failure: file_not_found)."""

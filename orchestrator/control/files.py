@@ -48,11 +48,15 @@ class FileTable:
         self.store.put_file(record, data)
         return file_object({**record, "bytes": len(data)})
 
-    def list(self, purpose: str | None = None) -> Any:
-        """File objects, newest first (of one purpose when given)."""
+    def list(self, purpose: str | None = None, limit: int = -1, after: str | None = None) -> Any:
+        """File objects, newest first (of one purpose when given): at most ``limit`` (-1: all), after file
+        ``after`` (the last id of the previous page)."""
         if purpose is not None and purpose not in PURPOSES:
             return Failure(_invalid("purpose", f"must be one of {', '.join(PURPOSES)}, got {purpose!r}").to_dict())
-        return [file_object(row) for row in self.store.list_files(purpose)]
+        try:
+            return [file_object(row) for row in self.store.list_files(purpose, limit, after)]
+        except KeyError:
+            return Failure(_invalid("after", f"no file {after} to list after (an id from the previous page)").to_dict())
 
     def get(self, file_id: str) -> Any:
         """One file object, or file_not_found."""

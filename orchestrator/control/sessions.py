@@ -26,7 +26,14 @@ from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, choose_session_slot
 from orchestrator.control.routing import RoutingTable
 from orchestrator.control.store import Store
-from orchestrator.errors import Overloaded, PoolNotFound, PoolUnavailable, SessionLost, SessionNotFound
+from orchestrator.errors import (
+    InvalidArguments,
+    Overloaded,
+    PoolNotFound,
+    PoolUnavailable,
+    SessionLost,
+    SessionNotFound,
+)
 from orchestrator.types import Failure, session_key
 
 log = logging.getLogger("orchestrator.sessions")
@@ -57,9 +64,19 @@ class SessionTable:
         why = f" (closed: {reason})" if reason else ""
         return SessionNotFound(f"no open session {session_id}{why}")
 
-    def list(self, pool_name: str | None = None) -> list[dict[str, Any]]:
-        """Open sessions, optionally of one pool."""
-        return [dict(r) for r in self.records.values() if pool_name is None or r["pool"] == pool_name]
+    def list(self, pool_name: str | None = None, limit: int | None = None, after: str | None = None) -> Any:
+        """Open sessions, newest first (ties by id), optionally of one pool: at most ``limit``, after session
+        ``after`` (the last id of the previous page; a Failure naming ``after`` once it is closed)."""
+        rows = [r for r in self.records.values() if pool_name is None or r["pool"] == pool_name]
+        rows.sort(key=lambda r: (r["created"], r["id"]), reverse=True)
+        if after is not None:
+            anchor = self.records.get(after)
+            if anchor is None:
+                message = f"no open session {after} to list after (closed since? list from the start again)"
+                error = InvalidArguments(f"after: {message}", detail=[{"field": "after", "message": message}])
+                return Failure(error.to_dict())
+            rows = [r for r in rows if (r["created"], r["id"]) < (anchor["created"], anchor["id"])]
+        return [dict(r) for r in (rows if limit is None else rows[:limit])]
 
     def counts(self, pool_name: str) -> dict[int, int]:
         """Open sessions per slot index of one pool."""

@@ -362,12 +362,24 @@ class Store:
                 (record["id"], record["filename"], record["purpose"], len(data), record["created"], path),
             )
 
-    def list_files(self, purpose: str | None = None) -> list[dict[str, Any]]:
-        """Uploaded files' rows, newest first, optionally of one purpose."""
-        clause, params = ("WHERE purpose=?", (purpose,)) if purpose is not None else ("", ())
+    def list_files(self, purpose: str | None = None, limit: int = -1, after: str | None = None) -> list[dict[str, Any]]:
+        """Uploaded files' rows, newest first (ties by id), optionally of one purpose: at most ``limit`` (-1: all),
+        after file ``after`` (KeyError when there is no such file)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if purpose is not None:
+            where.append("purpose=?")
+            params.append(purpose)
         with self.lock:
+            if after is not None:
+                found = self.db.execute("SELECT created FROM files WHERE id=?", (after,)).fetchone()
+                if found is None:
+                    raise KeyError(after)
+                where.append("(created < ? OR (created = ? AND id < ?))")
+                params += [found[0], found[0], after]
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
             rows = self.db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files {clause} ORDER BY created DESC, id", params
+                f"SELECT {_FILE_COLUMNS} FROM files {clause} ORDER BY created DESC, id DESC LIMIT ?", (*params, limit)
             ).fetchall()
         return [_file(row) for row in rows]
 

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL,
     created REAL NOT NULL, path TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS files_by_created ON files (created, id);
 CREATE TABLE IF NOT EXISTS programs (
     name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (name, version)

@@ -128,9 +128,11 @@ class Orchestrator:
         """Start a failed or stopped pool again; ``{"restarted": bool, "message": ...}``."""
         return dict(unwrap(ray.get(self.coordinator.restart_pool.remote(name))))
 
-    def sessions(self, pool: str | None = None) -> list[dict[str, Any]]:
-        """Open sessions (of one pool, or all)."""
-        return list(ray.get(self.coordinator.list_sessions.remote(pool)))
+    def sessions(
+        self, pool: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Open sessions, newest first (of one pool, or all): at most ``limit``, after session ``after``."""
+        return list(unwrap(ray.get(self.coordinator.list_sessions.remote(pool, limit, after))))
 
     # --------------------------------------------------------------- calls
     def call(self, pool: str, op: str, /, _timeout: float | None = None, **args: Any) -> Any:
@@ -254,9 +256,10 @@ class Orchestrator:
         """
         return dict(unwrap(ray.get(self.coordinator.put_file.remote(filename, purpose, data))))
 
-    def files(self, purpose: str | None = None) -> list[dict[str, Any]]:
-        """Uploaded files' objects, newest first (of one purpose when given)."""
-        return list(unwrap(ray.get(self.coordinator.list_files.remote(purpose))))
+    def files(self, purpose: str | None = None, limit: int = -1, after: str | None = None) -> list[dict[str, Any]]:
+        """Uploaded files' objects, newest first (of one purpose when given): at most ``limit`` (-1: all), after
+        file ``after`` (the last id of the previous page)."""
+        return list(unwrap(ray.get(self.coordinator.list_files.remote(purpose, limit, after))))
 
     def file(self, file_id: str) -> dict[str, Any]:
         """One file's object (file_not_found if there is none)."""

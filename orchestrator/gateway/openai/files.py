@@ -80,14 +80,19 @@ def router(orch: Orchestrator) -> APIRouter:
         return JSONResponse(record)
 
     @api.get(FILES)
-    async def list_files(purpose: str | None = Query(None, description="Only files of this purpose.")) -> Response:
-        """Uploaded files, newest first."""
+    async def list_files(
+        purpose: str | None = Query(None, description="Only files of this purpose."),
+        limit: int = Query(10_000, ge=1, le=10_000, description="Files per page (OpenAI's default: 10,000)."),
+        after: str | None = Query(None, description="The last file id of the previous page."),
+    ) -> Response:
+        """Uploaded files, newest first, a page at a time (OpenAI's ``after``, ``limit``, ``has_more``)."""
         try:
-            data = unwrap(await orch.coordinator.list_files.remote(purpose))
+            found = unwrap(await orch.coordinator.list_files.remote(purpose, limit + 1, after))
         except OrchestratorError as exc:
             return failed(exc)
+        data = found[:limit]
         ids = [record["id"] for record in data]
-        page = {"object": "list", "data": data, "has_more": False}
+        page = {"object": "list", "data": data, "has_more": len(found) > limit}
         return JSONResponse({**page, "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None})
 
     @api.get(FILES + "/{file_id}")

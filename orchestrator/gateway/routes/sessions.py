@@ -39,9 +39,17 @@ def router(orch: Orchestrator) -> APIRouter:
         return dict(record)
 
     @router.get("/v1/sessions", tags=["sessions"])
-    async def list_sessions(pool: str | None = Query(None, description="Only this pool's sessions.")) -> dict[str, Any]:
-        """Open sessions."""
-        return {"sessions": await orch.coordinator.list_sessions.remote(pool)}
+    async def list_sessions(
+        pool: str | None = Query(None, description="Only this pool's sessions."),
+        limit: int | None = Query(None, ge=1, le=10_000, description="At most this many (default: all)."),
+        after: str | None = Query(None, description="The last session id of the previous page."),
+    ) -> dict[str, Any]:
+        """Open sessions, newest first, a page at a time: ``{"sessions", "has_more", "last_id"}``."""
+        more = None if limit is None else limit + 1
+        found = unwrap(await orch.coordinator.list_sessions.remote(pool, more, after))
+        page = found if limit is None else found[:limit]
+        has_more = limit is not None and len(found) > limit
+        return {"sessions": page, "has_more": has_more, "last_id": page[-1]["id"] if page else None}
 
     @router.get("/v1/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str) -> dict[str, Any]:
