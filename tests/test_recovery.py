@@ -139,6 +139,30 @@ def test_bad_checkpoint_is_quarantined_and_the_session_is_lost(orch: orchestrato
     assert orch.call("after", "echo", value=1) == 1
 
 
+def test_after_call_sessions_answer_while_the_coordinator_is_frozen_and_what_they_answered_is_stored(
+    orch: orchestrator.Orchestrator,
+) -> None:
+    """An actor on the store's node writes its sessions' checkpoints into the store itself, durably before the
+    answer: its session calls go on while the coordinator answers nothing (SIGSTOP), and an actor SIGKILLed
+    afterwards is replaced with the state the last answer showed."""
+    session = orch.session("after")
+    assert session.call("incr", by=1) == 1
+    answers: list[int] = []
+    frozen = coordinator_pid(orch)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        caller = threading.Thread(target=lambda: answers.extend(session.call("incr", by=1) for _ in range(5)))
+        caller.start()
+        caller.join(timeout=20)
+        assert answers == [2, 3, 4, 5, 6], f"session calls waited for the frozen coordinator (answered {answers})"
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    caller.join(timeout=60)
+    kill_and_wait_restart(orch, "after", actors(orch, "after")[0]["pid"])
+    assert session.call("incr", by=0) == 6, "restored from the checkpoint the actor wrote itself"
+    session.close()
+
+
 def test_failed_pool_restarts_on_request(orch: orchestrator.Orchestrator) -> None:
     kill_pid(orch.call("brittle", "whoami")["pid"])
     wait_until(lambda: orch.status()["brittle"]["state"] == "failed", what="the pool to fail")

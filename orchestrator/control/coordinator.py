@@ -68,7 +68,9 @@ class Coordinator:
         self.expiring = False  # a retention pass is running (one at a time, off the loop's step)
         self.routing_table = RoutingTable(self.pools, lambda pool: self.session_table.owned_slots(pool))
         self.session_table = SessionTable(self.pools, self.store, self.routing_table)
-        self.supervisor = Supervisor(self.config, self.pools, self.routing_table, self.session_table, self.spawn)
+        self.supervisor = Supervisor(
+            self.config, self.pools, self.routing_table, self.session_table, self.spawn, self.store.id
+        )
         self.jobs = JobRunner(self, self.store, self.config.jobs)
         self.files = FileTable(self.store, self.config.files)
         self.pool_calls = PoolCalls(self.store, self.pools, self.supervisor.recycle)

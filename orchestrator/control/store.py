@@ -7,6 +7,8 @@ only their path in the database. The schema (``tables.py``) carries a version an
 created on first use.
 
 Job records and events are read on a third connection, so readers never wait for a commit's fsync.
+Pool actors on the coordinator's machine write their sessions' checkpoints into the same file
+(``checkpoints.py``): every transaction that reads before it writes takes the write lock at its start.
 
 Durability: session and job records and checkpoints are fsynced as they
 commit (WAL with ``synchronous=FULL``), and a checkpoint or uploaded file is written
@@ -22,21 +24,28 @@ its writes on a worker thread, off its event loop.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pickle
-import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestrator.control.checkpoints import (
+    STORE_FILE,
+    checkpoint_row,
+    connect,
+    put_checkpoint,
+    transaction,
+    unlink,
+    upsert,
+    write_durably,
+)
 from orchestrator.control.tables import SCHEMA, SCHEMA_VERSION
 from orchestrator.types import job_key
 
 ACTIVE = ("queued", "running", "retrying")  # a job's statuses before it finishes
-INLINE_LIMIT = 1 << 20  # checkpoints above 1 MiB go to a file
 
 
 class Store:
@@ -46,13 +55,13 @@ class Store:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self.db = _connect(self.dir / "orchestrator.db", "FULL")
+        self.db = connect(self.dir / STORE_FILE, "FULL")
         self.db.executescript(SCHEMA)
-        self.events_db = _connect(self.dir / "orchestrator.db", "NORMAL")
+        self.events_db = connect(self.dir / STORE_FILE, "NORMAL")
         # Jobs and their events are read on a connection of their own: WAL lets a reader go on while a
         # group commit is syncing, so job readers never wait for the writer's fsync.
         self.read_lock = threading.Lock()
-        self.reader = _connect(self.dir / "orchestrator.db", "NORMAL")
+        self.reader = connect(self.dir / STORE_FILE, "NORMAL")
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -63,24 +72,14 @@ class Store:
                 self.db.execute("DELETE FROM job_counts")
                 self.db.execute("INSERT INTO job_counts SELECT pool, status, COUNT(*) FROM jobs GROUP BY pool, status")
             self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        # The store's identity: a pool actor writing checkpoints into this file itself checks it is this store.
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        self.id: str = self.db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0]
 
     def put_checkpoint(self, key: str, blob: bytes) -> None:
-        """Save (replace) a checkpoint."""
-        row = self._checkpoint_row(key, blob, time.time())
+        """Save (replace) a checkpoint (pool actors on this machine may write them too: see checkpoints.py)."""
         with self.lock:
-            stale = _upsert_checkpoints(self.db, [row])
-        _unlink(stale)
-
-    def _checkpoint_row(self, key: str, blob: bytes, now: float) -> tuple[str, bytes, str | None, float]:
-        """A checkpoints row; a large blob is written to a new file of its own first (durably: never half a
-        checkpoint, and the one it replaces stays whole until the row pointing at this one has committed)."""
-        if len(blob) <= INLINE_LIMIT:
-            return (key, blob, None, now)
-        folder = self.dir / "checkpoints"
-        folder.mkdir(exist_ok=True)
-        file = folder / f"{hashlib.sha256(key.encode()).hexdigest()}-{time.time_ns()}"
-        _write_durably(file, blob)
-        return (key, b"", str(file), now)
+            put_checkpoint(self.db, self.dir, key, blob)
 
     def get_checkpoint(self, key: str) -> bytes | None:
         """The last checkpoint under ``key``, or None."""
@@ -92,7 +91,7 @@ class Store:
 
     def delete_checkpoint(self, key: str) -> None:
         """Forget a checkpoint (and its file)."""
-        with self.lock:
+        with self.lock, transaction(self.db):
             row = self.db.execute("SELECT path FROM checkpoints WHERE key=?", (key,)).fetchone()
             self.db.execute("DELETE FROM checkpoints WHERE key=?", (key,))
         if row and row[0]:
@@ -100,7 +99,7 @@ class Store:
 
     def quarantine_checkpoint(self, key: str) -> None:
         """Move a checkpoint that cannot be loaded aside (kept for inspection under ``quarantine:<key>``)."""
-        with self.lock:
+        with self.lock, transaction(self.db):
             self.db.execute("DELETE FROM checkpoints WHERE key=?", (f"quarantine:{key}",))
             self.db.execute("UPDATE checkpoints SET key=? WHERE key=?", (f"quarantine:{key}", key))
 
@@ -133,20 +132,13 @@ class Store:
 
     def add_program_version(self, name: str, version: int, record: dict[str, Any], live: bool) -> None:
         """Store an immutable program version (and make it live, in the same commit, when ``live``)."""
-        with self.lock:
-            self.db.execute("BEGIN")  # autocommit connection: one explicit transaction for both rows
-            try:
-                self.db.execute(
-                    "INSERT INTO programs (name, version, record, created) VALUES (?, ?, ?, ?)",
-                    (name, version, json.dumps(record), time.time()),
-                )
-                if live:
-                    sql = "INSERT OR REPLACE INTO program_live (name, version) VALUES (?, ?)"
-                    self.db.execute(sql, (name, version))
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+        with self.lock, transaction(self.db):  # autocommit connection: one explicit transaction for both rows
+            self.db.execute(
+                "INSERT INTO programs (name, version, record, created) VALUES (?, ?, ?, ?)",
+                (name, version, json.dumps(record), time.time()),
+            )
+            if live:
+                self.db.execute("INSERT OR REPLACE INTO program_live (name, version) VALUES (?, ?)", (name, version))
 
     def set_live_program(self, name: str, version: int) -> None:
         """Make ``version`` the one program ``name`` runs by default."""
@@ -292,26 +284,23 @@ class Store:
         now = time.time()
         rows = [(job_id, seq, pickle.dumps(data), now) for job_id, seq, data in batch]
         last = {job_id: seq for job_id, seq, _ in batch}
-        saved = [self._checkpoint_row(job_key(job_id), blob, now) for job_id, blob in (checkpoints or {}).items()]
+        saved = [checkpoint_row(self.dir, job_key(job_id), blob, now) for job_id, blob in (checkpoints or {}).items()]
         db = self.events_db
         with self.lock:  # one transaction: the events, the jobs' counts and their checkpoints never disagree
             if saved:
                 db.execute("PRAGMA synchronous=FULL")
             try:
-                db.execute("BEGIN")
-                try:
+                with transaction(db):
                     db.executemany("INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)", rows)
                     db.executemany("UPDATE jobs SET events=? WHERE id=?", [(seq, job) for job, seq in last.items()])
-                    stale = _upsert_checkpoints(db, saved)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    _unlink([path for _, _, path, _ in saved if path])  # files of checkpoints never stored
-                    raise
-                db.execute("COMMIT")
+                    stale = upsert(db, saved)
+            except BaseException:
+                unlink([path for _, _, path, _ in saved if path])  # files of checkpoints never stored
+                raise
             finally:
                 if saved:
                     db.execute("PRAGMA synchronous=NORMAL")
-        _unlink(stale)
+        unlink(stale)
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, Any]]:
         """Logged events with seq > after, in order."""
@@ -333,14 +322,9 @@ class Store:
                 )
             ]
             if ids:
-                self.db.execute("BEGIN")
-                try:
+                with transaction(self.db):
                     self.db.executemany("DELETE FROM job_events WHERE job_id=?", [(i,) for i in ids])
                     self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
-                except BaseException:
-                    self.db.execute("ROLLBACK")
-                    raise
-                self.db.execute("COMMIT")
         for job_id in ids:
             self.delete_checkpoint(job_key(job_id))
         return len(ids)
@@ -355,7 +339,7 @@ class Store:
         folder = self.dir / "files"
         folder.mkdir(exist_ok=True)
         path = f"files/{record['id']}"  # relative: the state_dir may move
-        _write_durably(self.dir / path, data)
+        write_durably(self.dir / path, data)
         with self.lock:
             self.db.execute(
                 "INSERT INTO files (id, filename, purpose, bytes, created, path) VALUES (?,?,?,?,?,?)",
@@ -411,28 +395,6 @@ class Store:
             self.db.close()
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    return db
-
-
-def _write_durably(file: Path, blob: bytes) -> None:
-    """Write to a temporary name, fsync, rename over ``file``, fsync the folder."""
-    tmp = file.with_suffix(".tmp")
-    with open(tmp, "wb") as out:
-        out.write(blob)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(file)
-    folder = os.open(file.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 _JOB_COLUMNS = (
     "id, pool, op, args, session, status, max_retries, attempts, created, started, finished, result, error, events"
 )
@@ -452,20 +414,3 @@ def _job(row: tuple[Any, ...]) -> dict[str, Any]:
     job["result"] = pickle.loads(job["result"]) if job["result"] is not None else None
     job["error"] = json.loads(job["error"]) if job["error"] else None
     return job
-
-
-def _upsert_checkpoints(db: sqlite3.Connection, rows: list[tuple[str, bytes, str | None, float]]) -> list[str]:
-    """Insert or replace checkpoint rows (in the caller's transaction); the files of the ones replaced."""
-    stale = []
-    for key, _, path, _ in rows:
-        old = db.execute("SELECT path FROM checkpoints WHERE key=?", (key,)).fetchone()
-        if old and old[0] and old[0] != path:
-            stale.append(old[0])
-    db.executemany("INSERT OR REPLACE INTO checkpoints (key, blob, path, updated) VALUES (?, ?, ?, ?)", rows)
-    return stale
-
-
-def _unlink(paths: list[str]) -> None:
-    """Delete replaced checkpoints' files (after the commit that replaced them)."""
-    for path in paths:
-        Path(path).unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from orchestrator.config.envs import code_modules, runtime_env
 from orchestrator.config.schema import Config
 from orchestrator.contract.paths import CODE_ENV, STATE_DIR_ENV
 from orchestrator.control import cluster
+from orchestrator.control.checkpoints import STORE_ID_ENV, STORE_NODE_ENV
 from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, demanded, pending_reason
 from orchestrator.control.routing import RoutingTable
@@ -57,8 +58,11 @@ class Supervisor:
         routing: RoutingTable,
         sessions: SessionTable,
         spawn: Spawn,
+        store_id: str,
     ) -> None:
         self.config = config
+        # Where the store is: an actor on this node writes its sessions' checkpoints into it itself.
+        self.store_env = {STORE_ID_ENV: store_id, STORE_NODE_ENV: ray.get_runtime_context().get_node_id()}
         self.pools = pools
         self.routing = routing
         self.sessions = sessions
@@ -84,7 +88,7 @@ class Supervisor:
             "runtime_env": runtime_env(
                 spec,
                 env_dir,
-                {STATE_DIR_ENV: str(self.config.state_path()), CODE_ENV: ",".join(self.config.code)},
+                {STATE_DIR_ENV: str(self.config.state_path()), CODE_ENV: ",".join(self.config.code), **self.store_env},
                 cluster.ship(self.code),
             ),
         }

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import sqlite3
 import threading
 import time
 import traceback
@@ -28,6 +29,8 @@ import ray
 
 from orchestrator import metrics
 from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
+from orchestrator.contract.paths import state_dir
+from orchestrator.control.checkpoints import STORE_ID_ENV, STORE_NODE_ENV, LocalCheckpoints
 from orchestrator.dataplane import handles
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
 from orchestrator.runtime import logs
@@ -80,6 +83,8 @@ class WorkerHost:
         self._coordinator: Any = None
         self._orchestrator: Any = None
         self._handle_lock = threading.Lock()
+        self._checkpoints: LocalCheckpoints | None = None  # opened at the first session checkpoint
+        self._checkpoints_opened = False
         handles.use_in_actor(self._in_cluster)  # this process's handle (handles.current(): PoolLM, PoolRetriever)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.init_error: dict[str, Any] | None = None
@@ -381,9 +386,31 @@ class WorkerHost:
         self._put_checkpoint(session_key(session), pickle.dumps(obj))
 
     def _put_checkpoint(self, key: str, blob: bytes) -> None:
+        """Store a session's checkpoint; it is durable when this returns (before the call answers)."""
+        local = self._local_checkpoints()
+        if local is not None:  # on the store's node: one local commit, no round trip, coordinator up or not
+            try:
+                local.put(key, blob)
+            except sqlite3.Error as exc:  # the store is busy past the timeout, or was replaced: the other way
+                log.warning("checkpoint %s not written to the store directly (%s): through the coordinator", key, exc)
+            else:
+                metrics.checkpoint_bytes().inc(len(blob), tags={"pool": self.pool, "kind": "session"})
+                return
         # The coordinator's methods are retried by Ray across its restarts: while it is down this
         # waits, and the call reports success only once the checkpoint is stored.
         ray.get(self._coordinator_handle().put_checkpoint.remote(key, blob))
+
+    def _local_checkpoints(self) -> LocalCheckpoints | None:
+        with self._handle_lock:
+            if not self._checkpoints_opened:
+                self._checkpoints_opened = True
+                self._checkpoints = LocalCheckpoints.open(
+                    state_dir(),
+                    os.environ.get(STORE_ID_ENV),
+                    os.environ.get(STORE_NODE_ENV),
+                    ray.get_runtime_context().get_node_id(),
+                )
+            return self._checkpoints
 
     def _coordinator_handle(self) -> Any:
         if self._coordinator is None:
