@@ -15,7 +15,8 @@ import pytest
 
 import orchestrator
 from orchestrator import errors
-from orchestrator.control.store import INLINE_LIMIT, Store
+from orchestrator.control.checkpoints import INLINE_LIMIT
+from orchestrator.control.store import Store
 from orchestrator.types import job_key
 from tests.conftest import Start, actors, events_killing_once, kill_pid, toolbox, wait_until
 
@@ -144,6 +145,46 @@ def test_hundred_jobs_on_a_small_pool(orch: orchestrator.Orchestrator) -> None:
     assert orch.status()["small"]["jobs"] == {"succeeded": done_before + 100}
     rss_after = sum(a["rss"] or 0 for a in actors(orch, "small"))
     assert rss_after < rss_before + 200 * 1024**2, (rss_before, rss_after)
+
+
+def test_jobs_submitted_together_each_run_once_even_when_an_actor_dies_under_them(
+    orch: orchestrator.Orchestrator,
+) -> None:
+    # One commit queues them all; their starts and outcomes share commits too. An actor SIGKILLed while they run
+    # costs nothing: every job ends with its own result and every event of it once, in order.
+    sizes = [k % 7 + 1 for k in range(300)]
+    jobs = orch.submit_many("small", "trials", [{"n": n, "interval": 0.002} for n in sizes])
+    assert len({job.id for job in jobs}) == 300
+    pid = actors(orch, "small")[0]["pid"]
+    wait_until(lambda: sum(j.status()["status"] == "succeeded" for j in jobs[:40]) >= 20, what="some jobs done")
+    kill_pid(pid)
+    assert [job.result(timeout=180)["total"] for job in jobs] == [sum(range(n)) for n in sizes]
+    assert any(job.status()["attempts"] > 1 for job in jobs), "the kill hit no running job"
+    for job, n in zip(jobs, sizes, strict=True):
+        events = list(job.events())
+        assert trial_numbers(events) == list(range(n)), job.id
+        assert [seq for seq, _ in events] == list(range(1, 2 * n + 1)), job.id
+    listed = {job["id"] for job in orch.jobs(pool="small", limit=10_000)}
+    assert {job.id for job in jobs} <= listed
+
+
+def test_a_bad_job_in_a_batch_refuses_the_whole_batch_naming_it(orch: orchestrator.Orchestrator) -> None:
+    def stored() -> int:
+        return sum(orch.status()["small"]["jobs"].values())
+
+    before = stored()
+    with pytest.raises(errors.InvalidArguments) as info:
+        orch.submit_many("small", "trials", [{"n": 1}, {"n": 2}, {"n": 3}, {"n": "many"}])
+    assert info.value.detail[0]["field"] == "args[3].n" and "args[3]" in str(info.value)
+    with pytest.raises(errors.InvalidArguments) as info:
+        orch.submit_many("small", "trials", [])
+    assert info.value.detail[0]["field"] == "args"
+    with pytest.raises(errors.InvalidArguments) as info:
+        orch.submit_many("small", "trials", [{"n": 1}], _max_retries=99)
+    assert info.value.detail[0]["field"] == "max_retries"
+    with pytest.raises(errors.OpNotFound):
+        orch.submit_many("small", "nope", [{"n": 1}])
+    assert stored() == before, "a refused batch queued some of its jobs"
 
 
 def test_submit_refuses_bad_input_at_once(orch: orchestrator.Orchestrator) -> None:

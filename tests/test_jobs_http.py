@@ -114,6 +114,47 @@ def test_cancel_and_bad_input(gateway: GatewayProcess) -> None:
         assert code(http.get(f"/v1/jobs/{running.json()['id']}/result"), 504) == "timeout"
 
 
+def test_jobs_submitted_together_over_http_and_the_sdks(gateway: GatewayProcess) -> None:
+    import asyncio
+
+    from orchestrator import AsyncClient, Client, errors
+
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        answer = http.post("/v1/jobs/batch", json={"pool": "jobs", "op": "trials", "args": [{"n": 2}, {"n": 3}]})
+        assert answer.status_code == 202, answer.text
+        records = answer.json()["jobs"]
+        assert [r["args"] for r in records] == [{"n": 2}, {"n": 3}] and {r["status"] for r in records} <= {
+            "queued",
+            "running",
+        }
+        results = [http.get(f"/v1/jobs/{r['id']}/result", params={"timeout": 30}).json() for r in records]
+        assert [r["result"]["total"] for r in results] == [1, 3]
+
+        def refused(body: dict[str, Any]) -> str:
+            response = http.post("/v1/jobs/batch", json=body)
+            assert response.status_code == 422, response.text
+            return str(response.json()["error"]["detail"][0]["field"])
+
+        listed = len(http.get("/v1/jobs", params={"limit": 10_000}).json()["jobs"])
+        assert refused({"pool": "jobs", "op": "trials", "args": [{"n": 1}, {"n": "x"}]}) == "args[1].n"
+        assert refused({"pool": "jobs", "op": "trials", "args": []}) == "args"
+        assert "args" in refused({"pool": "jobs", "op": "trials", "args": {"n": 1}})
+        assert len(http.get("/v1/jobs", params={"limit": 10_000}).json()["jobs"]) == listed, "a refused batch queued"
+
+    with Client(gateway.url) as client:
+        jobs = client.submit_many("jobs", "trials", [{"n": 4}, {"n": 1}])
+        assert [job.result(timeout=30)["total"] for job in jobs] == [6, 0]
+        with pytest.raises(errors.InvalidArguments, match=r"args\[0\]"):
+            client.submit_many("jobs", "trials", [{"n": "x"}, {"n": 1}])
+
+    async def main() -> list[Any]:
+        async with AsyncClient(gateway.url) as client:
+            jobs = await client.submit_many("jobs", "trials", [{"n": 2}] * 3)
+            return [(await job.result(timeout=30))["total"] for job in jobs]
+
+    assert asyncio.run(main()) == [1, 1, 1]
+
+
 def test_sdk_job_events_reconnect_across_a_gateway_restart(orch: orchestrator.Orchestrator) -> None:
     import threading
 

@@ -67,7 +67,7 @@ def test_coordinator_sigkill_loses_no_call_session_job_or_actor(orch: orchestrat
     kill_pid(old_pid)
     killed_at = time.monotonic()
     caller.start()
-    # A checkpoint taken while the coordinator is down is delivered when it is back (the call waits).
+    # Sessions answer while the coordinator is down: their actor writes its checkpoint into the store itself.
     assert session.call("incr", by=1) == 2
     session.call("save")
     orch.status()  # held by Ray until the restarted coordinator answers

@@ -307,6 +307,23 @@ class BaseClient(Generic[StreamT, SessionT, RetrievalT, JobT]):
         return self.job_class(self, dict(record))
 
     @operation
+    def submit_many(
+        self,
+        pool: str,
+        op: str,
+        batch: list[dict[str, Any]],
+        /,
+        _session: str | None = None,
+        _max_retries: int | None = None,
+    ) -> Steps[list[JobT]]:
+        """Queue ``op`` once per arguments in ``batch`` (one request, one commit); their handles, in order. A bad
+        argument in any of them refuses the whole batch, naming it (``args[3].n``)."""
+        body = {"pool": pool, "op": op, "args": list(batch), "session": _session, "max_retries": _max_retries}
+        request = self.build_request("POST", "v1", "jobs", "batch", body=body)
+        records = response_field((yield from self._exchange(request, idempotent=False, pool=pool, op=op)), "jobs")
+        return [self.job_class(self, dict(record)) for record in records]
+
+    @operation
     def job(self, job_id: str) -> Steps[JobT]:
         """The handle of an existing job (job_not_found if there is none)."""
         return self.job_class(self, dict((yield from self._get("v1", "jobs", job_id))))

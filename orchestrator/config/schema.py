@@ -269,6 +269,9 @@ class JobOptions(_Model):
     max_retries_limit: int = Field(
         10, ge=0, description="The most re-runs one job may ask for (`max_retries` on submit); more is a 422."
     )
+    batch_limit: int = Field(
+        10_000, ge=1, description="The most jobs one submit may queue together (`submit_many`, POST /v1/jobs/batch)."
+    )
     cancel_grace_s: float = Field(
         10.0, ge=0, description="After a cancel, how long the op may take to stop before its actor is killed."
     )

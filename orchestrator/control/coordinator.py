@@ -247,8 +247,21 @@ class Coordinator:
         self, pool: str, op: str, args: dict[str, Any], session: str | None = None, max_retries: int | None = None
     ) -> Any:
         """Queue a job; returns its record (or a Failure for a bad pool, op or arguments)."""
+        records = await self.submit_jobs(pool, op, [args], session, max_retries)
+        return records if isinstance(records, Failure) else records[0]
+
+    async def submit_jobs(
+        self,
+        pool: str,
+        op: str,
+        batch: list[dict[str, Any]],
+        session: str | None = None,
+        max_retries: int | None = None,
+    ) -> Any:
+        """Queue jobs of one op together, one per arguments in ``batch``: their records, in order (or a Failure
+        for a bad pool, op, or any job's arguments, and then none is queued)."""
         await self._booted()
-        return await self.jobs.submit(pool, op, args, session, max_retries)
+        return await self.jobs.submit(pool, op, batch, session, max_retries)
 
     def get_job(self, job_id: str) -> Any:
         """One job's record."""

@@ -8,7 +8,9 @@ next one, so the more events arrive at once, the more each commit carries.
 An event is visible (``committed`` is called, readers are woken) only once its
 transaction has committed. A job's checkpoint is handed over the same way, after
 the events before it: it commits with them or after them, never before, and a
-batch holding one is synced to disk as it commits. The log holds at most
+batch holding one is synced to disk as it commits. So do changes to job records
+(a job started, a job finished with its result): many jobs starting and finishing
+together share one synced commit instead of paying one each. The log holds at most
 ``LIMIT`` uncommitted events: a run handing over more waits for room.
 """
 
@@ -35,6 +37,7 @@ class EventLog:
         self.committed = committed  # (last seq per job in the batch): called after each commit
         self.pending: list[tuple[str, int, Any]] = []
         self.checkpoints: dict[str, bytes] = {}  # job id -> its latest checkpoint, pickled (resume blob, position)
+        self.updates: dict[str, dict[str, Any]] = {}  # job id -> columns of its record to set (later ones win)
         self.taken = 0  # batches taken for writing; an event added now goes out with batch ``taken + 1``
         self.flushes = 0  # batches committed
         self.changed = asyncio.Condition()
@@ -60,6 +63,15 @@ class EventLog:
         self._start_writer()
         return batch
 
+    async def update(self, job_id: str, **fields: Any) -> int:
+        """Hand over a change to a job's record (after its events handed over so far); returns its batch's number."""
+        async with self.changed:
+            self.updates[job_id] = {**self.updates.get(job_id, {}), **fields}
+            batch = self.taken + 1
+            self.changed.notify_all()
+        self._start_writer()
+        return batch
+
     def _start_writer(self) -> None:
         if self.writer is None or self.writer.done():
             self.writer = asyncio.create_task(self._write())
@@ -72,17 +84,19 @@ class EventLog:
     async def _write(self) -> None:
         while True:
             async with self.changed:
-                await self.changed.wait_for(lambda: bool(self.pending or self.checkpoints))
+                await self.changed.wait_for(lambda: bool(self.pending or self.checkpoints or self.updates))
                 batch, self.pending = self.pending, []
                 checkpoints, self.checkpoints = self.checkpoints, {}
+                updates, self.updates = self.updates, {}
                 self.taken += 1
                 self.changed.notify_all()  # room again for runs waiting on the limit
             while True:
                 try:
-                    await asyncio.to_thread(self.store.append_events, batch, checkpoints)
+                    await asyncio.to_thread(self.store.append_events, batch, checkpoints, updates)
                     break
                 except Exception:
-                    log.exception("writing %d job events (%d checkpoints) failed; again", len(batch), len(checkpoints))
+                    counts = len(batch), len(checkpoints), len(updates)
+                    log.exception("writing %d job events (%d checkpoints, %d records) failed; again", *counts)
                     await asyncio.sleep(RETRY_S)
             last: dict[str, int] = {}
             for job_id, seq, _ in batch:

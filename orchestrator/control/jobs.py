@@ -112,9 +112,10 @@ class JobRunner:
 
     # --------------------------------------------------------------- submit
     async def submit(
-        self, pool_name: str, op: str, args: dict[str, Any], session: str | None, max_retries: int | None
+        self, pool_name: str, op: str, batch: list[dict[str, Any]], session: str | None, max_retries: int | None
     ) -> Any:
-        """Queue a job; unknown pool/op and bad arguments are refused now, not later."""
+        """Queue jobs of one op, one per arguments in ``batch`` (stored in one commit); their records. Unknown
+        pool/op and bad arguments are refused now, not later, and then none of the batch is queued."""
         pool = self.host.pools.get(pool_name)
         if pool is None:
             known = ", ".join(sorted(self.host.pools))
@@ -127,11 +128,11 @@ class JobRunner:
         if (pool.ops or {}).get(op, {}).get("pool_wide"):
             detail = [{"field": "op", "message": "a pool-wide op runs on every actor: call it, not as a job"}]
             return Failure(InvalidArguments(f"op: {op} is pool-wide", pool=pool_name, op=op, detail=detail).to_dict())
-        limit = self.options.max_retries_limit
-        if max_retries is not None and not 0 <= max_retries <= limit:
-            message = f"must be between 0 and {limit} (jobs.max_retries_limit), got {max_retries}"
-            detail = [{"field": "max_retries", "message": message}]
-            error = InvalidArguments(f"max_retries: {message}", pool=pool_name, op=op, detail=detail)
+        problem = self._bad_batch(batch, max_retries)
+        if problem is not None:
+            field_name, message = problem
+            detail = [{"field": field_name, "message": message}]
+            error = InvalidArguments(f"{field_name}: {message}", pool=pool_name, op=op, detail=detail)
             return Failure(error.to_dict())
         pinned = self.host.session_slot(session) if session is not None else None
         if session is not None and (pinned is None or pinned[0] != pool_name):
@@ -140,25 +141,41 @@ class JobRunner:
             )
         ready = [s for s in pool.slots if s.state == "ready"]
         if ready:
-            problem = await ask(ready[0].handle.validate.remote(op, args))
+            problem = await ask(ready[0].handle.validate.remote(op, batch))
             if problem is not None:
                 return problem
-        job_id = uuid.uuid4().hex
-        job: dict[str, Any] = {
-            "id": job_id,
-            "pool": pool_name,
-            "op": op,
-            "args": args,
-            "session": session,
-            "status": "queued",
-            "max_retries": self.options.max_retries if max_retries is None else max_retries,
-            "created": time.time(),
-        }
-        await asyncio.to_thread(self.store.put_job, job)
-        self.logged[job_id] = 0
-        self.queues.setdefault(pool_name, deque()).append((job_id, session))
+        now = time.time()
+        retries = self.options.max_retries if max_retries is None else max_retries
+        ids = [uuid.uuid4().hex for _ in batch]
+        jobs: list[dict[str, Any]] = [
+            {
+                "id": job_id,
+                "pool": pool_name,
+                "op": op,
+                "args": args,
+                "session": session,
+                "status": "queued",
+                "max_retries": retries,
+                "created": now + i * 1e-6,  # newest first lists a batch in reverse order of submission
+            }
+            for i, (job_id, args) in enumerate(zip(ids, batch, strict=True))
+        ]
+        await asyncio.to_thread(self.store.put_jobs, jobs)
+        queue = self.queues.setdefault(pool_name, deque())
+        for job_id in ids:
+            self.logged[job_id] = 0
+            queue.append((job_id, session))
         self.dispatch()
-        return self.get(job_id)
+        return [self.get(job_id) for job_id in ids]
+
+    def _bad_batch(self, batch: list[dict[str, Any]], max_retries: int | None) -> tuple[str, str] | None:
+        """What is wrong with a batch's size or its ``max_retries``, as (field, message)."""
+        if not 1 <= len(batch) <= self.options.batch_limit:
+            return "args", f"a batch holds 1 to {self.options.batch_limit} jobs (jobs.batch_limit), got {len(batch)}"
+        limit = self.options.max_retries_limit
+        if max_retries is not None and not 0 <= max_retries <= limit:
+            return "max_retries", f"must be between 0 and {limit} (jobs.max_retries_limit), got {max_retries}"
+        return None
 
     # -------------------------------------------------------------- running
     def dispatch(self) -> None:
@@ -239,12 +256,15 @@ class JobRunner:
 
     async def _run(self, pool: PoolState, run: Run, job: dict[str, Any]) -> None:
         job_id = job["id"]
-        checkpoint = await asyncio.to_thread(self.store.get_checkpoint, job_key(job_id))
+        # A job that never ran has no checkpoint: its first run reads nothing.
+        checkpoint = await asyncio.to_thread(self.store.get_checkpoint, job_key(job_id)) if job["attempts"] else None
         resume_blob, base = pickle.loads(checkpoint) if checkpoint is not None else (None, 0)
         logged = self.logged.setdefault(job_id, job["events"])
         attempts = job["attempts"] + 1
         started = job["started"] or time.time()
-        await asyncio.to_thread(self.store.update_job, job_id, status="running", attempts=attempts, started=started)
+        # Stored with the run's first events (or its outcome): jobs starting together share one commit. A crash
+        # before it commits re-runs the job as if this attempt never started.
+        await self.log.update(job_id, status="running", attempts=attempts, started=started)
         request = (job["op"], job["args"], job["session"], None, "jobs", run.call_id)
         method = run.handle.stream.options(
             num_returns="streaming",
@@ -253,7 +273,6 @@ class JobRunner:
         )
         outcome: Any = None
         position = base
-        batch = 0  # the event log's batch carrying this run's last event
         try:
             async for ref in method.remote(request, False, (job_id, resume_blob)):
                 sent = await ref
@@ -273,10 +292,10 @@ class JobRunner:
                         events.append((job_id, position, item))
                         logged = position
                 if events:  # committed with others' events, in order
-                    batch = await self.log.add(events)
+                    await self.log.add(events)
                     metrics.job_events().inc(len(events), tags={"pool": run.pool})
                 if latest is not None:  # in the transaction of the events before it, or a later one
-                    batch = await self.log.checkpoint(job_id, *latest)
+                    await self.log.checkpoint(job_id, *latest)
                     metrics.checkpoint_bytes().inc(len(latest[1]), tags={"pool": run.pool, "kind": "job"})
         except RayActorError as exc:
             outcome = exc
@@ -284,7 +303,6 @@ class JobRunner:
             outcome = Failure(WorkerCrashed(f"job runner error: {exc}", pool=run.pool, op=job["op"]).to_dict())
         finally:
             self.runs.pop(job_id, None)
-        await self.log.written(batch)  # the outcome (and a re-run's view of the log) after every event
         await self._finish(pool, run, job, attempts, outcome)
 
     async def _committed(self, last: dict[str, int]) -> None:
@@ -300,7 +318,7 @@ class JobRunner:
         if self.host.stopping and not run.cancel and not isinstance(outcome, Final | Failure):
             # Shut down under it: left queued, it resumes from its checkpoint when an orchestrator
             # starts again on this state_dir (JobRunner.recover).
-            await asyncio.to_thread(self.store.update_job, job_id, status="queued")
+            await self.log.written(await self.log.update(job_id, status="queued"))
             await self._notify()
             return
         if isinstance(outcome, Failure) and outcome.code == RECYCLING and not run.cancel:
@@ -322,7 +340,9 @@ class JobRunner:
             why = f"the actor died (after {attempts} attempt(s))" if outcome is not None else "the stream ended early"
             error = WorkerCrashed(f"job {job_id}: {why}", pool=pool.name, op=job["op"])
             fields = {"status": "failed", "finished": now, "error": error.to_dict()}
-        await asyncio.to_thread(self.store.update_job, job_id, **fields)
+        # After every event of the run, in one synced commit with other jobs' outcomes: readers see the job
+        # finished only once its result is stored.
+        await self.log.written(await self.log.update(job_id, **fields))
         if again:
             self.queues.setdefault(pool.name, deque()).appendleft((job_id, job["session"]))
         elif fields["status"] in FINISHED:
@@ -369,6 +389,8 @@ class JobRunner:
         if job is None:
             return Failure(JobNotFound(f"no job {job_id}").to_dict())
         run = self.runs.get(job_id)
+        if run is not None and job["status"] in ("queued", "retrying"):  # its start is not committed yet
+            job["status"] = "running"
         job["actor"] = self.host.pools[run.pool].slots[run.slot].name if run else None
         job["progress"] = run.progress if run else None
         return job

@@ -197,32 +197,24 @@ class Store:
             )
 
     # ------------------------------------------------------------------ jobs
+    def put_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """Insert new job rows, all in one transaction (a batch submitted together costs one commit)."""
+        columns = ("id", "pool", "op", "args", "session", "status", "max_retries", "created")
+        rows = [tuple(pickle.dumps(j[c]) if c == "args" else j[c] for c in columns) for j in jobs]
+        with self.lock, transaction(self.db):
+            self.db.executemany(
+                "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, created) VALUES (?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
     def put_job(self, job: dict[str, Any]) -> None:
         """Insert a new job row."""
-        with self.lock:
-            self.db.execute(
-                "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, created) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    job["id"],
-                    job["pool"],
-                    job["op"],
-                    pickle.dumps(job["args"]),
-                    job["session"],
-                    job["status"],
-                    job["max_retries"],
-                    job["created"],
-                ),
-            )
+        self.put_jobs([job])
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Set some of a job's columns (result is pickled, error is JSON)."""
-        if "result" in fields:
-            fields["result"] = pickle.dumps(fields["result"])
-        if "error" in fields and fields["error"] is not None:
-            fields["error"] = json.dumps(fields["error"])
-        columns = ", ".join(f"{name}=?" for name in fields)
         with self.lock:
-            self.db.execute(f"UPDATE jobs SET {columns} WHERE id=?", (*fields.values(), job_id))
+            self.db.execute(*_job_update(job_id, fields))
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """One job as a dict, or None."""
@@ -278,27 +270,37 @@ class Store:
             counts.setdefault(pool, {})[status] = n
         return counts
 
-    def append_events(self, batch: list[tuple[str, int, Any]], checkpoints: dict[str, bytes] | None = None) -> None:
-        """Log many jobs' events, ``(job id, seq, data)`` in order, and jobs' checkpoints (by job id) in one
-        transaction (a group commit). One holding a checkpoint is synced to disk as it commits."""
+    def append_events(
+        self,
+        batch: list[tuple[str, int, Any]],
+        checkpoints: dict[str, bytes] | None = None,
+        updates: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Log many jobs' events, ``(job id, seq, data)`` in order, jobs' checkpoints (by job id) and changes to
+        jobs' records (by job id: columns, as for :meth:`update_job`) in one transaction (a group commit). One
+        holding a checkpoint or an update is synced to disk as it commits."""
         now = time.time()
         rows = [(job_id, seq, pickle.dumps(data), now) for job_id, seq, data in batch]
         last = {job_id: seq for job_id, seq, _ in batch}
         saved = [checkpoint_row(self.dir, job_key(job_id), blob, now) for job_id, blob in (checkpoints or {}).items()]
+        changes = [_job_update(job_id, fields) for job_id, fields in (updates or {}).items()]
+        durable = bool(saved or changes)
         db = self.events_db
         with self.lock:  # one transaction: the events, the jobs' counts and their checkpoints never disagree
-            if saved:
+            if durable:
                 db.execute("PRAGMA synchronous=FULL")
             try:
                 with transaction(db):
                     db.executemany("INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)", rows)
                     db.executemany("UPDATE jobs SET events=? WHERE id=?", [(seq, job) for job, seq in last.items()])
                     stale = upsert(db, saved)
+                    for change in changes:
+                        db.execute(*change)
             except BaseException:
                 unlink([path for _, _, path, _ in saved if path])  # files of checkpoints never stored
                 raise
             finally:
-                if saved:
+                if durable:
                     db.execute("PRAGMA synchronous=NORMAL")
         unlink(stale)
 
@@ -405,6 +407,17 @@ _FILE_COLUMNS = "id, filename, purpose, bytes, created, path"
 
 def _file(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip([name.strip() for name in _FILE_COLUMNS.split(",")], row, strict=True))
+
+
+def _job_update(job_id: str, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE setting some of a job's columns (result pickled, error as JSON)."""
+    values = dict(fields)
+    if "result" in values:
+        values["result"] = pickle.dumps(values["result"])
+    if values.get("error") is not None:
+        values["error"] = json.dumps(values["error"])
+    columns = ", ".join(f"{name}=?" for name in values)
+    return f"UPDATE jobs SET {columns} WHERE id=?", (*values.values(), job_id)
 
 
 def _job(row: tuple[Any, ...]) -> dict[str, Any]:

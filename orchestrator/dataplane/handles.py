@@ -235,6 +235,21 @@ class Orchestrator:
         record = unwrap(ray.get(self.coordinator.submit_job.remote(pool, op, args, session, _max_retries)))
         return Job(self, record["id"])
 
+    def submit_many(
+        self,
+        pool: str,
+        op: str,
+        batch: list[dict[str, Any]],
+        /,
+        _session: Session | str | None = None,
+        _max_retries: int | None = None,
+    ) -> list[Job]:
+        """Queue ``op`` once per arguments in ``batch`` (stored in one commit, run as slots free up); their
+        handles, in order. A bad argument in any of them refuses the whole batch, naming it (``args[3].n``)."""
+        session = _session.id if isinstance(_session, Session) else _session
+        submitted = self.coordinator.submit_jobs.remote(pool, op, list(batch), session, _max_retries)
+        return [Job(self, record["id"]) for record in unwrap(ray.get(submitted))]
+
     def job(self, job_id: str) -> Job:
         """The handle of an existing job (job_not_found if there is none)."""
         unwrap(ray.get(self.coordinator.get_job.remote(job_id)))

@@ -158,13 +158,16 @@ class WorkerHost:
         return ctx is not None
 
     @ray.method(concurrency_group=ADMIN)
-    def validate(self, op: str, args: dict[str, Any]) -> Failure | None:
-        """Check a job's op and arguments before it is queued (submit answers 404/422 at once)."""
-        try:
-            spec = self._spec(op)
-            self._checked(spec, spec.validate(args, self.pool))
-        except OrchestratorError as exc:
-            return Failure(self._error(exc, op))
+    def validate(self, op: str, batch: list[dict[str, Any]]) -> Failure | None:
+        """Check a job's op and the arguments of each job submitted together before they are queued (submit
+        answers 404/422 at once); in a batch of several, the problem names its job's index (``args[3].n``)."""
+        for index, args in enumerate(batch):
+            try:
+                spec = self._spec(op)
+                self._checked(spec, spec.validate(args, self.pool))
+            except OrchestratorError as exc:
+                error = self._error(exc, op)
+                return Failure(error if len(batch) == 1 else indexed(error, index))
         return None
 
     @ray.method(concurrency_group=ADMIN)
@@ -440,6 +443,15 @@ class WorkerHost:
 
 class _Recycling(Exception):
     """The host is draining; the call never started."""
+
+
+def indexed(error: dict[str, Any], index: int) -> dict[str, Any]:
+    """An error about one job of a batch, naming it: ``args[index]`` before its message and each field."""
+    detail = [
+        {**item, "field": f"args[{index}].{item['field']}" if item.get("field") else f"args[{index}]"}
+        for item in error.get("detail") or []
+    ]
+    return {**error, "message": f"args[{index}]: {error['message']}", "detail": detail or error.get("detail")}
 
 
 def described(worker: Worker | None) -> dict[str, Any] | None:

@@ -30,6 +30,17 @@ class JobSubmit(BaseModel):
     max_retries: int | None = Field(None, ge=0, description="Re-runs after the actor dies (default: jobs.max_retries).")
 
 
+class JobBatch(BaseModel):
+    """Body of POST /v1/jobs/batch."""
+
+    model_config = ConfigDict(extra="forbid")
+    pool: str = Field(description="The pool to run the jobs in.")
+    op: str = Field(description="The op each job runs.")
+    args: list[dict[str, Any]] = Field(description="One job per item: its arguments (at most jobs.batch_limit).")
+    session: str | None = Field(None, description="Run them inside this session (its actor and state).")
+    max_retries: int | None = Field(None, ge=0, description="Re-runs after the actor dies (default: jobs.max_retries).")
+
+
 def router(orch: Orchestrator) -> APIRouter:
     """The job routes, bound to this orchestrator."""
     router = APIRouter()
@@ -39,6 +50,13 @@ def router(orch: Orchestrator) -> APIRouter:
         """Queue a long-running job; answers at once with its record (unknown pool/op and bad args: 4xx now)."""
         submitted = orch.coordinator.submit_job.remote(body.pool, body.op, body.args, body.session, body.max_retries)
         return _job_json(unwrap(await submitted))
+
+    @router.post("/v1/jobs/batch", tags=["jobs"], status_code=202)
+    async def submit_jobs(body: JobBatch) -> dict[str, Any]:
+        """Queue one job per item of ``args`` in one commit: ``{"jobs": [records, in order]}``. A bad item refuses
+        the whole batch with a 4xx naming it (``args[3].n``), and none is queued."""
+        submitted = orch.coordinator.submit_jobs.remote(body.pool, body.op, body.args, body.session, body.max_retries)
+        return {"jobs": [_job_json(record) for record in unwrap(await submitted)]}
 
     @router.get("/v1/jobs", tags=["jobs"])
     async def list_jobs(
