@@ -158,8 +158,10 @@ def test_jobs_submitted_together_each_run_once_even_when_an_actor_dies_under_the
     pid = actors(orch, "small")[0]["pid"]
     wait_until(lambda: sum(j.status()["status"] == "succeeded" for j in jobs[:40]) >= 20, what="some jobs done")
     kill_pid(pid)
-    assert [job.result(timeout=180)["total"] for job in jobs] == [sum(range(n)) for n in sizes]
-    assert any(job.status()["attempts"] > 1 for job in jobs), "the kill hit no running job"
+    records = orch.wait(jobs, timeout=180)
+    assert [r["id"] for r in records] == [job.id for job in jobs]
+    assert [r["result"]["total"] for r in records] == [sum(range(n)) for n in sizes]
+    assert any(r["attempts"] > 1 for r in records), "the kill hit no running job"
     for job, n in zip(jobs, sizes, strict=True):
         events = list(job.events())
         assert trial_numbers(events) == list(range(n)), job.id
@@ -184,6 +186,13 @@ def test_a_bad_job_in_a_batch_refuses_the_whole_batch_naming_it(orch: orchestrat
     assert info.value.detail[0]["field"] == "max_retries"
     with pytest.raises(errors.OpNotFound):
         orch.submit_many("small", "nope", [{"n": 1}])
+    slow = orch.submit_many("small", "trials", [{"n": 1}, {"n": 40, "interval": 0.05}])
+    with pytest.raises(errors.Timeout, match="1 of 2 jobs still unfinished"):
+        orch.wait(slow, timeout=0.5)
+    with pytest.raises(errors.JobNotFound):
+        orch.wait([slow[0], orchestrator.Job(orch, "not-a-job")], timeout=1)
+    assert [r["status"] for r in orch.wait(slow, timeout=60)] == ["succeeded", "succeeded"]
+    before += 2
     assert stored() == before, "a refused batch queued some of its jobs"
 
 

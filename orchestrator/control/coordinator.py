@@ -263,6 +263,12 @@ class Coordinator:
         await self._booted()
         return await self.jobs.submit(pool, op, batch, session, max_retries)
 
+    async def wait_jobs(self, job_ids: list[str], wait_s: float) -> Any:
+        """Many jobs' records once all have finished, or after ``wait_s`` (long poll; job_not_found names one
+        that does not exist)."""
+        await self._booted()
+        return await self.jobs.wait(job_ids, wait_s)
+
     def get_job(self, job_id: str) -> Any:
         """One job's record."""
         return self.jobs.get(job_id)

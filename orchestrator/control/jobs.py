@@ -26,7 +26,7 @@ import pickle
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -420,6 +420,21 @@ class JobRunner:
             job = again or job
         finished = job["status"] in FINISHED and (not events or events[-1][0] >= job["events"])
         return {"events": events, "status": job["status"], "finished": finished}
+
+    async def wait(self, job_ids: Sequence[str], wait_s: float) -> Any:
+        """The records of ``job_ids`` once every one has finished, or after ``wait_s`` (whatever they are then).
+        Waiting costs no database read: a job is unfinished exactly while ``logged`` holds it."""
+        unfinished = {job_id for job_id in job_ids if job_id in self.logged}
+
+        def finished() -> bool:
+            unfinished.intersection_update(self.logged)
+            return not unfinished
+
+        async with self.changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait_for(finished), wait_s)
+        records = [self.get(job_id) for job_id in job_ids]
+        return next((r for r in records if isinstance(r, Failure)), records)
 
     def _read(self, job_id: str, after: int, limit: int) -> tuple[dict[str, Any] | None, Any]:
         job = self.store.get_job(job_id)

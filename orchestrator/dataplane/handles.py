@@ -250,6 +250,21 @@ class Orchestrator:
         submitted = self.coordinator.submit_jobs.remote(pool, op, list(batch), session, _max_retries)
         return [Job(self, record["id"]) for record in unwrap(ray.get(submitted))]
 
+    def wait(self, jobs: list[Job], timeout: float | None = None) -> list[dict[str, Any]]:
+        """Wait until every one of ``jobs`` has finished (one long poll for all of them, as ``ray.get`` of many
+        refs); their records, in order: ``status``, and ``result`` or ``error``. Timeout if some are still
+        running after ``timeout`` seconds."""
+        ids = [job.id for job in jobs]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = JOB_POLL_S if deadline is None else deadline - time.monotonic()
+            records = unwrap(ray.get(self.coordinator.wait_jobs.remote(ids, max(0.0, min(left, JOB_POLL_S)))))
+            unfinished = [r["id"] for r in records if r["status"] not in ("succeeded", "failed", "cancelled")]
+            if not unfinished:
+                return [dict(r) for r in records]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"{len(unfinished)} of {len(ids)} jobs still unfinished after {timeout:g}s")
+
     def job(self, job_id: str) -> Job:
         """The handle of an existing job (job_not_found if there is none)."""
         unwrap(ray.get(self.coordinator.get_job.remote(job_id)))
