@@ -282,6 +282,9 @@ class JobRunner:
                 events: list[tuple[str, int, Any]] = []
                 latest: tuple[int, bytes] | None = None  # the batch's last checkpoint: it supersedes the others
                 for item in sent if isinstance(sent, Batch) else (sent,):  # a host sends a job's events in batches
+                    if isinstance(item, Final | Failure):  # the outcome, after the batch's events
+                        outcome = item
+                        break
                     if isinstance(item, Checkpoint):
                         latest = (position, item.blob)
                         continue
@@ -297,6 +300,8 @@ class JobRunner:
                 if latest is not None:  # in the transaction of the events before it, or a later one
                     await self.log.checkpoint(job_id, *latest)
                     metrics.checkpoint_bytes().inc(len(latest[1]), tags={"pool": run.pool, "kind": "job"})
+                if outcome is not None:
+                    break
         except RayActorError as exc:
             outcome = exc
         except Exception as exc:  # e.g. an event that cannot be pickled: fail the job, never the loop

@@ -93,12 +93,14 @@ class _Raised:
         self.exc = exc
 
 
-def batched(items: Iterator[Any], ctx: Context, limit: int = BATCH_MAX) -> Iterator[Any]:
+def batched(items: Iterator[Any], ctx: Context, limit: int = BATCH_MAX, final_in_batch: bool = False) -> Iterator[Any]:
     """A stream with its events grouped: ``items`` runs in its own thread, and each read sends all it
     yielded since the last one as one :class:`~orchestrator.types.Batch` (``Final`` alone, last). An op that
     yields slowly sends batches of one, as before; one that yields fast sends far fewer objects. The queue
     between them holds ``limit`` events (and a batch at most as many), so a slow reader still holds the op
-    back. ``ctx._emit`` puts an item in the same queue (a job's checkpoint: see ``job_checkpoint``)."""
+    back. ``ctx._emit`` puts an item in the same queue (a job's checkpoint: see ``job_checkpoint``). With
+    ``final_in_batch`` (a job's stream) ``Final`` ends the batch of the events before it: a short job costs
+    one object, not two."""
     handed: queue.Queue[Any] = queue.Queue(maxsize=limit)
     stopped = threading.Event()  # the sender went away: nobody reads the queue any more
 
@@ -139,6 +141,8 @@ def batched(items: Iterator[Any], ctx: Context, limit: int = BATCH_MAX) -> Itera
                     if events:
                         yield events
                     raise item.exc
+                elif isinstance(item, Final) and final_in_batch:
+                    events.append(item)
                 elif isinstance(item, Final):
                     if events:
                         yield events

@@ -253,7 +253,7 @@ class WorkerHost:
                 try:
                     with logs.calling(op, call_id, session, ctx.job_id):
                         if job is not None:  # events grouped per read, checkpoints among them: see batched
-                            yield from batched(self._job_items(spec, args, ctx), ctx)
+                            yield from batched(self._job_items(spec, args, ctx), ctx, final_in_batch=True)
                         elif spec.stream and not inline:  # events grouped per read, at most half the buffer
                             stream = run_stream(self.worker, spec, args, ctx, self._event_loop)
                             yield from batched(stream, ctx, self.stream_batch)
