@@ -18,7 +18,7 @@ from orchestrator import errors
 from orchestrator.control.checkpoints import INLINE_LIMIT
 from orchestrator.control.store import Store
 from orchestrator.types import job_key
-from tests.conftest import Start, actors, events_killing_once, kill_pid, toolbox, wait_until
+from tests.conftest import Start, actors, coordinator_pid, events_killing_once, kill_pid, toolbox, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +242,84 @@ def test_unfinished_job_resumes_when_the_orchestrator_restarts(start_orchestrato
     events = list(job.events())
     assert [seq for seq, _ in events] == list(range(1, 301))
     assert trial_numbers(events) == list(range(150))
+
+
+def expired_history(db_path: Path, n: int, finished: float) -> None:
+    """``n`` finished jobs with two events each, written straight into a store (as years of use leave them)."""
+    db = sqlite3.connect(db_path, timeout=30)
+    args = pickle.dumps({"n": 1})
+    db.executemany(
+        "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, attempts, created, started, finished,"
+        " result, error, events) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            (
+                f"old{i:06d}",
+                "p",
+                "trials",
+                args,
+                None,
+                "succeeded",
+                3,
+                1,
+                finished,
+                finished,
+                finished + i * 1e-4,
+                pickle.dumps({"total": 0}),
+                None,
+                2,
+            )
+            for i in range(n)
+        ),
+    )
+    event = pickle.dumps({"trial": 0})
+    db.executemany(
+        "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
+        ((f"old{i:06d}", seq, event, finished) for i in range(n) for seq in (1, 2)),
+    )
+    db.commit()
+    db.close()
+
+
+def test_retention_on_a_running_coordinator_drops_expired_jobs_in_batches_while_it_answers(
+    start_orchestrator: Start, tmp_path: Path
+) -> None:
+    # 60,000 jobs finished two days ago land in the store of a running orchestrator whose retention is a day;
+    # its coordinator is SIGKILLed, so the restarted one starts a retention pass as it boots. While the pass
+    # runs, the coordinator answers (status, a job submitted and run); the expired jobs go 500 at a time with
+    # their events; the jobs that have not expired stay, with their events.
+    state = tmp_path / "state"
+    orch = start_orchestrator({"p": toolbox(size=1)}, state_dir=str(state), jobs={"retention_s": 86400})
+    kept = orch.submit("p", "trials", n=3)
+    kept.result(timeout=30)
+    expired = 60_000
+    expired_history(state / "orchestrator.db", expired, time.time() - 2 * 86400)
+    old_pid = coordinator_pid(orch)
+    kill_pid(old_pid)
+    seen: list[int] = []  # expired jobs left, as status counted them while the pass ran
+    submitted: list[orchestrator.Job] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            left = orch.status()["p"]["jobs"].get("succeeded", 0) - 1  # the kept job, and the ones submitted here
+        except errors.OrchestratorError:
+            continue  # the coordinator is restarting
+        left -= sum(job.status()["status"] == "succeeded" for job in submitted)
+        seen.append(left)
+        if not submitted and 0 < left < expired:
+            submitted.append(orch.submit("p", "trials", n=2))  # a job submitted during the pass runs
+        if left == 0:
+            break
+    assert coordinator_pid(orch) != old_pid, "the coordinator was not killed"
+    assert seen and seen[-1] == 0, f"the expired jobs were not all dropped: {seen[-5:]}"
+    during = [n for n in seen if 0 < n < expired]
+    assert len(set(during)) >= 3, f"the pass did not go in batches between answers: {sorted(set(seen))[:10]}"
+    assert all(n % 500 == 0 for n in during), "a batch was not 500 jobs"
+    assert submitted and submitted[0].result(timeout=60) == {"total": 1, "started_from": 0}
+    assert [seq for seq, _ in kept.events()] == [1, 2, 3, 4, 5, 6]
+    db = sqlite3.connect(state / "orchestrator.db")
+    assert db.execute("SELECT COUNT(*) FROM job_events WHERE job_id LIKE 'old%'").fetchone() == (0,)
+    assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (2,)
+    db.close()
 
 
 # ------------------------------------------------------------------ the store, without Ray

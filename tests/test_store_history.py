@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.control.checkpoints import INLINE_LIMIT
 from orchestrator.control.store import Store
 from orchestrator.types import job_key
 
@@ -75,7 +76,9 @@ def test_retention_drops_expired_jobs_in_batches_and_nothing_else(tmp_path: Path
     for i in range(1_200):
         store.put_job(job(f"old{i}", created=old))
         store.update_job(f"old{i}", status="succeeded", finished=old + i * 1e-3)
-    store.append_events([(f"old{i}", 1, {"e": i}) for i in range(1_200)], {"old7": b"checkpoint"})
+    large = b"x" * (INLINE_LIMIT + 1)  # stored as a file of its own
+    store.append_events([(f"old{i}", 1, {"e": i}) for i in range(1_200)], {"old7": b"checkpoint", "old8": large})
+    (large_file,) = [row[0] for row in store.db.execute("SELECT path FROM checkpoints WHERE path IS NOT NULL")]
     store.put_job(job("recent"))
     store.update_job("recent", status="succeeded", finished=time.time())
     store.put_job(job("running-for-an-hour", created=old))
@@ -84,6 +87,7 @@ def test_retention_drops_expired_jobs_in_batches_and_nothing_else(tmp_path: Path
     assert [store.delete_jobs_before(cutoff, 500) for _ in range(4)] == [500, 500, 200, 0]
     assert {j["id"] for j in store.list_jobs()} == {"recent", "running-for-an-hour"}
     assert store.events("old3") == [] and store.get_checkpoint(job_key("old7")) is None
+    assert store.get_checkpoint(job_key("old8")) is None and not Path(large_file).exists()
     assert store.count_jobs() == {"p": {"succeeded": 1, "running": 1}}
 
 

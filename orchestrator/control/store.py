@@ -313,22 +313,28 @@ class Store:
         return [(seq, pickle.loads(data)) for seq, data in rows]
 
     def delete_jobs_before(self, finished_before: float, limit: int = 500) -> int:
-        """Retention: drop at most ``limit`` finished jobs older than a time (oldest first), with their events,
-        in one transaction, then their checkpoints; the number dropped (``limit`` means: call again)."""
+        """Retention: drop at most ``limit`` finished jobs older than a time (oldest first), with their events
+        and checkpoints, in one transaction (one commit per batch), then the checkpoints' files; the number
+        dropped (``limit`` means: call again)."""
+        files: list[str] = []
         with self.lock:
             ids = [
-                r[0]
+                (r[0],)
                 for r in self.db.execute(
                     "SELECT id FROM jobs WHERE finished IS NOT NULL AND finished<? ORDER BY finished LIMIT ?",
                     (finished_before, limit),
                 )
             ]
+            keys = [(job_key(job_id),) for job_id, in ids]
             if ids:
                 with transaction(self.db):
-                    self.db.executemany("DELETE FROM job_events WHERE job_id=?", [(i,) for i in ids])
-                    self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
-        for job_id in ids:
-            self.delete_checkpoint(job_key(job_id))
+                    for key in keys:
+                        found = self.db.execute("SELECT path FROM checkpoints WHERE key=?", key).fetchone()
+                        files += [found[0]] if found and found[0] else []
+                    self.db.executemany("DELETE FROM checkpoints WHERE key=?", keys)
+                    self.db.executemany("DELETE FROM job_events WHERE job_id=?", ids)
+                    self.db.executemany("DELETE FROM jobs WHERE id=?", ids)
+        unlink(files)
         return len(ids)
 
     # ----------------------------------------------------------------- files
