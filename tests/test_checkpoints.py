@@ -8,7 +8,7 @@ import multiprocessing
 import uuid
 from pathlib import Path
 
-from orchestrator.control.checkpoints import INLINE_LIMIT, LocalCheckpoints
+from orchestrator.checkpoints import INLINE_LIMIT, LocalCheckpoints
 from orchestrator.control.store import Store
 
 NODE = "node-a"

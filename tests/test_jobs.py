@@ -15,7 +15,7 @@ import pytest
 
 import orchestrator
 from orchestrator import errors
-from orchestrator.control.checkpoints import INLINE_LIMIT
+from orchestrator.checkpoints import INLINE_LIMIT
 from orchestrator.control.store import Store
 from orchestrator.types import job_key
 from tests.conftest import Start, actors, coordinator_pid, events_killing_once, kill_pid, toolbox, wait_until

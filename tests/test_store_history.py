@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.control.checkpoints import INLINE_LIMIT
+from orchestrator.checkpoints import INLINE_LIMIT
 from orchestrator.control.store import Store
 from orchestrator.types import job_key
 
@@ -107,6 +107,24 @@ def test_a_walk_in_pages_sees_every_job_once_while_jobs_are_added(tmp_path: Path
         after = page[-1]["id"]
     assert seen == sorted((f"j{i:03d}" for i in range(250)), key=lambda i: (int(i[1:]) // 10, i), reverse=True)
     assert [j["id"] for j in store.list_jobs(limit=2, after="j005")] == ["j004", "j003"]
+
+
+def test_a_walk_of_one_op_s_jobs_skips_the_others(tmp_path: Path) -> None:
+    # The fine-tuning listing: one op's jobs among others of the pool, a page at a time, newest first.
+    store = Store(tmp_path)
+    start = time.time() - 100
+    for i in range(500):
+        store.put_job({**job(f"j{i:03d}", created=start + i * 0.1), "op": "finetune" if i % 2 else "optimize"})
+    seen: list[str] = []
+    after = None
+    while True:
+        page = store.list_jobs(pool="p", limit=100, after=after, op="finetune")
+        seen += [j["id"] for j in page]
+        store.put_job({**job(f"new{len(seen)}"), "op": "finetune"})  # newer than every page's start
+        if len(page) < 100:
+            break
+        after = page[-1]["id"]
+    assert seen == [f"j{i:03d}" for i in range(499, 0, -2)]
 
 
 def test_listing_boot_and_retention_queries_use_indexes(tmp_path: Path) -> None:

@@ -274,10 +274,15 @@ class Coordinator:
         return self.jobs.get(job_id)
 
     def list_jobs(
-        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+        self,
+        pool: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+        op: str | None = None,
     ) -> Any:
-        """Jobs, newest first (a page after job ``after`` when given)."""
-        return self.jobs.list(pool, status, limit, after)
+        """Jobs, newest first, of one pool, status and/or op when given (a page after job ``after`` when given)."""
+        return self.jobs.list(pool, status, limit, after, op)
 
     async def job_events(self, job_id: str, after: int = 0, wait_s: float = 0.0) -> Any:
         """Logged events after a sequence number (long poll)."""

@@ -401,11 +401,16 @@ class JobRunner:
         return job
 
     def list(
-        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+        self,
+        pool: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+        op: str | None = None,
     ) -> Any:
         """Jobs, newest first; after job ``after`` when given (a Failure naming ``after`` if there is no such job)."""
         try:
-            return self.store.list_jobs(pool, status, limit, after)
+            return self.store.list_jobs(pool, status, limit, after, op)
         except KeyError:
             message = f"no job {after} to list after (a job id from the previous page)"
             error = InvalidArguments(f"after: {message}", detail=[{"field": "after", "message": message}])

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from orchestrator.control.checkpoints import (
+from orchestrator.checkpoints import (
     STORE_FILE,
     checkpoint_row,
     connect,
@@ -224,9 +224,14 @@ class Store:
         return _job(row) if row else None
 
     def list_jobs(
-        self, pool: str | None = None, status: str | None = None, limit: int = 1000, after: str | None = None
+        self,
+        pool: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+        op: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Jobs, newest first (ties by id), optionally of one pool and/or status; with ``after`` (a job id), those
+        """Jobs, newest first (ties by id), optionally of one pool, status and/or op; with ``after`` (a job id), those
         that come after it in that order: a page of a walk that jobs submitted meanwhile never shift. KeyError
         when ``after`` names no job."""
         where: list[str] = []
@@ -244,6 +249,9 @@ class Store:
         if status is not None:
             where.append("status=?")
             params.append(status)
+        if op is not None:
+            where.append("op=?")
+            params.append(op)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self.lock:
             rows = self.db.execute(
@@ -325,7 +333,7 @@ class Store:
                     (finished_before, limit),
                 )
             ]
-            keys = [(job_key(job_id),) for job_id, in ids]
+            keys = [(job_key(job_id),) for (job_id,) in ids]
             if ids:
                 with transaction(self.db):
                     for key in keys:

@@ -26,11 +26,11 @@ import ray
 from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
 from orchestrator import metrics
+from orchestrator.checkpoints import STORE_ID_ENV, STORE_NODE_ENV
 from orchestrator.config.envs import code_modules, runtime_env
 from orchestrator.config.schema import Config
 from orchestrator.contract.paths import CODE_ENV, STATE_DIR_ENV
 from orchestrator.control import cluster
-from orchestrator.control.checkpoints import STORE_ID_ENV, STORE_NODE_ENV
 from orchestrator.control.cluster import ask
 from orchestrator.control.pools import ActorSlot, PoolState, demanded, pending_reason
 from orchestrator.control.routing import RoutingTable

@@ -28,9 +28,9 @@ import psutil
 import ray
 
 from orchestrator import metrics
+from orchestrator.checkpoints import STORE_ID_ENV, STORE_NODE_ENV, LocalCheckpoints
 from orchestrator.contract import Context, OpSpec, Worker, load_worker_class, ops_of
 from orchestrator.contract.paths import state_dir
-from orchestrator.control.checkpoints import STORE_ID_ENV, STORE_NODE_ENV, LocalCheckpoints
 from orchestrator.dataplane import handles
 from orchestrator.errors import InvalidArguments, OpNotFound, OrchestratorError, SessionLost, SessionNotFound
 from orchestrator.runtime import logs

@@ -322,11 +322,12 @@ def router(orch: Orchestrator, pool: str = POOL) -> APIRouter:
         after: str | None = Query(None, description="The last job id of the previous page."),
         limit: int = Query(20, ge=1, le=100, description="Jobs per page."),
     ) -> Response:
-        """Fine-tuning jobs, newest first."""
+        """Fine-tuning jobs, newest first: a keyset page of the store (its cost follows the page, not the history)."""
         try:
-            records = await orch.coordinator.list_jobs.remote(pool, None, 100_000)
-            jobs = [job_object(r) for r in records if r.get("op") == FINETUNE_OP]
-            return _json(page(jobs, after, limit))
+            job_id = after.removeprefix(JOB_PREFIX) if after is not None else None
+            records = unwrap(await orch.coordinator.list_jobs.remote(pool, None, limit + 1, job_id, FINETUNE_OP))
+            jobs = [job_object(r) for r in records]
+            return _json({"object": "list", "data": jobs[:limit], "has_more": len(jobs) > limit})
         except OrchestratorError as exc:
             return _failed(exc)
 
