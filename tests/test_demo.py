@@ -47,3 +47,14 @@ def test_demo_refuses_unbounded_work(orch: orchestrator.Orchestrator) -> None:
         orch.submit("demo", "trials", n=1, interval=3600)
     with pytest.raises(errors.InvalidArguments, match="name"):
         orch.call("demo", "greet", name="x" * 10_000)
+
+
+def test_a_job_op_called_directly_is_refused_as_the_caller_s_mistake(orch: orchestrator.Orchestrator) -> None:
+    # trials checkpoints (a job's op): called as a plain call or a stream it cannot, and says to submit it.
+    with pytest.raises(errors.InvalidArguments, match="runs as a job") as info:
+        orch.call("demo", "trials", n=2)
+    assert info.value.detail[0]["field"] == "op" and info.value.op == "trials"
+    stream = orch.stream("demo", "trials", n=2)
+    with pytest.raises(errors.InvalidArguments, match="runs as a job"):
+        list(stream)
+    assert orch.submit("demo", "trials", n=2).result(timeout=30) == {"trials": 2, "started_from": 0}

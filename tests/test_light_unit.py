@@ -441,6 +441,10 @@ def test_response_format_shapes_and_string_caps() -> None:
 
     assert parse_response_format(None) is None and parse_response_format({"type": "text"}) is None
     assert parse_response_format({"type": "json_object"}) == {"type": "object"}
+    bounded = parse_response_format({"type": "json_object"}, max_string=10)  # JSON mode on a capped model
+    assert bounded is not None and bounded["maxProperties"] == 4 and bounded["additionalProperties"] is False
+    (value,) = bounded["patternProperties"].values()
+    assert {"type": "string", "maxLength": 10} in value["anyOf"]
     schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string", "enum": ["x"]}}}
     spec = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
     assert parse_response_format(spec) == schema  # no cap: the schema as given

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract.paths import state_dir
+from orchestrator.errors import InvalidArguments
 
 if TYPE_CHECKING:
     from orchestrator.dataplane.handles import Orchestrator
@@ -48,8 +49,12 @@ class Context:
         yielded (and progress reported) before it, in their transaction, so this
         returns at once and a re-run resumes exactly after those events.
         """
-        if self._checkpoint is None:
-            raise RuntimeError("checkpoint() needs a session or a job: this call has neither")
+        if self._checkpoint is None:  # the caller's mistake (a job's op called as a plain call), not the op's
+            message = (
+                f"op {self.op!r} checkpoints its progress, so it runs as a job (orch.submit, POST /v1/jobs)"
+                " or in a session; this call has neither"
+            )
+            raise InvalidArguments(message, pool=self.pool, op=self.op, detail=[{"field": "op", "message": message}])
         self._checkpoint(self.state if obj is None else obj)
 
     @property

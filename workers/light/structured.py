@@ -54,7 +54,7 @@ def parse_response_format(response_format: Any, max_string: int | None = None) -
     if kind == "text":
         return None
     if kind == "json_object":
-        schema: Any = ANY_OBJECT
+        schema: Any = ANY_OBJECT if max_string is None else bounded_object(max_string)
     elif kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict):
@@ -68,6 +68,22 @@ def parse_response_format(response_format: Any, max_string: int | None = None) -
         schema = cap_strings(schema, max_string)
     grammar(json.dumps(schema, sort_keys=True))  # compiled and cached: errors surface now
     return dict(schema)
+
+
+def bounded_object(limit: int) -> dict[str, Any]:
+    """JSON mode for a model whose strings are capped (the offline tiny model): any object, but bounded as a
+    capped schema is, so it always closes: at most 4 keys (identifiers of up to 16 characters), each a
+    string of up to ``limit`` characters, an integer, a boolean or null."""
+    value = {
+        "anyOf": [
+            {"type": "string", "maxLength": limit},
+            {"type": "integer", "minimum": -(10**6), "maximum": 10**6},
+            {"type": "boolean"},
+            {"type": "null"},
+        ]
+    }
+    key = "^[A-Za-z_][A-Za-z0-9_]{0,15}$"
+    return {"type": "object", "maxProperties": 4, "patternProperties": {key: value}, "additionalProperties": False}
 
 
 def cap_strings(schema: Any, limit: int) -> Any:

@@ -191,7 +191,7 @@ async def _complete(
         }
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return await _stream(orch, pool, f"{op}_stream", args, head, chunks, include_usage)
+            return await _stream(orch, pool, f"{op}_stream", args, head, chunks, include_usage, body.n or 1)
         result = await orch.acall(pool, op, **args)
         return JSONResponse(payload(head, result))
     except OrchestratorError as exc:
@@ -206,6 +206,7 @@ async def _stream(
     head: dict[str, Any],
     chunks: Chunks,
     include_usage: bool,
+    n: int,
 ) -> Response:
     stream = Stream(orch.router, pool, op, args)
     # Read the first event before answering, so bad requests still get their real status.
@@ -217,16 +218,16 @@ async def _stream(
         stream.close()
         raise
     return StreamingResponse(
-        _sse(stream, first, head, chunks, include_usage), media_type=SSE, headers={"Cache-Control": "no-store"}
+        _sse(stream, first, head, chunks, include_usage, n), media_type=SSE, headers={"Cache-Control": "no-store"}
     )
 
 
 async def _sse(
-    stream: Stream, first: list[Any], head: dict[str, Any], chunks: Chunks, include_usage: bool
+    stream: Stream, first: list[Any], head: dict[str, Any], chunks: Chunks, include_usage: bool, n: int
 ) -> AsyncIterator[str]:
     """OpenAI's chunks; the client going away cancels the generation (finally)."""
     try:
-        for chunk in chunks(head, {"start": True}):
+        for chunk in chunks(head, {"start": True, "n": n}):
             yield _data(chunk)
         for event in first:
             for chunk in chunks(head, event):
@@ -273,9 +274,12 @@ def _text_payload(head: dict[str, Any], result: dict[str, Any]) -> dict[str, Any
 
 def _chat_chunks(head: dict[str, Any], event: dict[str, Any]) -> list[dict[str, Any]]:
     base = {**head, "object": "chat.completion.chunk"}
-    if event.get("start"):
+    if event.get("start"):  # each choice opens with its role, as OpenAI streams n > 1
         delta: dict[str, Any] = {"role": "assistant", "content": ""}
-        return [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}]
+        return [
+            {**base, "choices": [{"index": i, "delta": delta, "finish_reason": None, "logprobs": None}]}
+            for i in range(event["n"])
+        ]
     out = []
     if event["text"]:
         choice = {"index": event["index"], "delta": {"content": event["text"]}, "finish_reason": None, "logprobs": None}
