@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import signal
 import sqlite3
 import statistics
@@ -50,6 +49,7 @@ import orchestrator  # noqa: E402
 from bench.common import machine, write_report  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 from orchestrator.control.store import Store  # noqa: E402
+from tests.kit.history import finished_jobs  # noqa: E402
 
 RATIO_GOAL = 1.25
 TRIES = 40
@@ -122,37 +122,9 @@ def jobs_rate(orch: orchestrator.Orchestrator, n: int) -> float:
 def fill(state_dir: Path, jobs: int, sessions: int, files: int) -> None:
     """History written straight into the store: finished jobs with two events each, closed sessions, files."""
     Store(state_dir).close()  # the schema
+    finished_jobs(state_dir / "orchestrator.db", jobs, "demo", time.time() - 3600)
     db = sqlite3.connect(state_dir / "orchestrator.db")
     now = time.time() - 3600
-    args, result = pickle.dumps({"n": 1}), pickle.dumps({"trials": 1, "started_from": 0})
-    db.executemany(
-        "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, attempts, created, started, finished,"
-        " result, error, events) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            (
-                f"job-old{i:08d}",
-                "demo",
-                "trials",
-                args,
-                None,
-                "succeeded",
-                3,
-                1,
-                now + i * 1e-3,
-                now,
-                now,
-                result,
-                None,
-                2,
-            )
-            for i in range(jobs)
-        ),
-    )
-    event = pickle.dumps({"trial": 0})
-    db.executemany(
-        "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
-        ((f"job-old{i:08d}", seq, event, now) for i in range(jobs) for seq in (1, 2)),
-    )
     db.executemany(
         "INSERT INTO sessions (id, pool, slot, created, ttl_s, closed, close_reason) VALUES (?,?,?,?,?,?,?)",
         ((f"old-{i:08d}", "demo", 0, now, None, now, "closed by client") for i in range(sessions)),

@@ -19,6 +19,7 @@ from orchestrator.checkpoints import INLINE_LIMIT
 from orchestrator.control.store import Store
 from orchestrator.types import job_key
 from tests.conftest import Start, actors, coordinator_pid, events_killing_once, kill_pid, toolbox, wait_until
+from tests.kit.history import finished_jobs
 
 
 @pytest.fixture(scope="module")
@@ -244,42 +245,6 @@ def test_unfinished_job_resumes_when_the_orchestrator_restarts(start_orchestrato
     assert trial_numbers(events) == list(range(150))
 
 
-def expired_history(db_path: Path, n: int, finished: float) -> None:
-    """``n`` finished jobs with two events each, written straight into a store (as years of use leave them)."""
-    db = sqlite3.connect(db_path, timeout=30)
-    args = pickle.dumps({"n": 1})
-    db.executemany(
-        "INSERT INTO jobs (id, pool, op, args, session, status, max_retries, attempts, created, started, finished,"
-        " result, error, events) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            (
-                f"old{i:06d}",
-                "p",
-                "trials",
-                args,
-                None,
-                "succeeded",
-                3,
-                1,
-                finished,
-                finished,
-                finished + i * 1e-4,
-                pickle.dumps({"total": 0}),
-                None,
-                2,
-            )
-            for i in range(n)
-        ),
-    )
-    event = pickle.dumps({"trial": 0})
-    db.executemany(
-        "INSERT INTO job_events (job_id, seq, data, time) VALUES (?,?,?,?)",
-        ((f"old{i:06d}", seq, event, finished) for i in range(n) for seq in (1, 2)),
-    )
-    db.commit()
-    db.close()
-
-
 def test_retention_on_a_running_coordinator_drops_expired_jobs_in_batches_while_it_answers(
     start_orchestrator: Start, tmp_path: Path
 ) -> None:
@@ -292,7 +257,7 @@ def test_retention_on_a_running_coordinator_drops_expired_jobs_in_batches_while_
     kept = orch.submit("p", "trials", n=3)
     kept.result(timeout=30)
     expired = 60_000
-    expired_history(state / "orchestrator.db", expired, time.time() - 2 * 86400)
+    finished_jobs(state / "orchestrator.db", expired, "p", time.time() - 2 * 86400)
     old_pid = coordinator_pid(orch)
     kill_pid(old_pid)
     db = sqlite3.connect(state / "orchestrator.db", timeout=30)  # a WAL reader: never waits for the writer

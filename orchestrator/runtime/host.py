@@ -161,9 +161,12 @@ class WorkerHost:
     def validate(self, op: str, batch: list[dict[str, Any]]) -> Failure | None:
         """Check a job's op and the arguments of each job submitted together before they are queued (submit
         answers 404/422 at once); in a batch of several, the problem names its job's index (``args[3].n``)."""
+        try:
+            spec = self._spec(op)
+        except OrchestratorError as exc:
+            return Failure(self._error(exc, op))
         for index, args in enumerate(batch):
             try:
-                spec = self._spec(op)
                 self._checked(spec, spec.validate(args, self.pool))
             except OrchestratorError as exc:
                 error = self._error(exc, op)
